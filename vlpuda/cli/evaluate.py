@@ -1,0 +1,46 @@
+"""`vlpuda evaluate`: target accuracy of a delta artifact applied to its base model."""
+
+from __future__ import annotations
+
+import argparse
+
+from vlpuda.config import TrainConfig, path_problems
+from vlpuda.errors import ConfigError
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="score a delta on a target domain",
+        description="Loads the base CLIP the delta names, writes the delta into it, loads the "
+        "head and scores the target domain. Example: vlpuda evaluate --checkpoint "
+        "runs/train/best_delta.safetensors",
+    )
+    parser.add_argument("--checkpoint", required=True, help="a delta.safetensors written by a run")
+    parser.add_argument("--data-dir", help="data root, if it moved since training")
+    parser.add_argument("--tgt", help="domain to score (default: the run's target)")
+    parser.add_argument("--pretrained", help="base weights, if they moved since training")
+    parser.add_argument("--cache-dir", help="Hugging Face / open_clip cache directory")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from vlpuda.trainables.rst import load_delta
+
+    delta = load_delta(args.checkpoint)
+    update = {key: getattr(args, key) for key in ("data_dir", "tgt", "pretrained", "cache_dir",
+                                                   "device") if getattr(args, key) is not None}
+    cfg = TrainConfig(**{**delta.config, **update})
+    problems = path_problems(cfg.model_copy(update={"src": None}), need_domains=False)
+    if problems:
+        raise ConfigError(problems, args.checkpoint)
+    from vlpuda.trainables.loop import evaluate_delta
+
+    scores = evaluate_delta(cfg, delta)
+    print(
+        f"{cfg.tgt}: task head accuracy {scores['target_acc_last']:.2f} %, "
+        f"zero-shot head {scores['target_acc_clip']:.2f} %, "
+        f"stored parameters {scores['stored_params']:,}"
+    )
+    return 0

@@ -1,0 +1,207 @@
+"""Run configuration: YAML presets plus `key=value` overrides, validated into one typed object.
+
+Names here are a contract: the same flat keys appear in presets, search spaces, Tune configs and
+MLflow params (DESIGN.md, Conventions). A bad config fails before anything heavy starts, with one
+ConfigError that lists every problem with its key.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from vlpuda.errors import ConfigError
+
+# Sections of a preset file that belong to later stages (the search driver, tracking) and are
+# validated there; everything else is a training key.
+SECTIONS = ("search", "tracking")
+DEMO_MODEL = "demo-teacher"
+
+
+class TrainConfig(BaseModel):
+    """Everything one training run needs. Defaults are the paper's Office-Home ViT-B/16 setting."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # data
+    benchmark: str = "custom"
+    data_dir: str | None = None  # DATA_DIR/<Domain>/<class>/... or the root the image lists use
+    domains: list[str] = Field(default_factory=list)  # the benchmark's domain names, if known
+    image_lists: dict[str, str] = Field(default_factory=dict)  # domain -> "path label" list file
+    classes: list[str] | None = None  # class names for image lists whose folders don't say
+    src: str | None = None
+    tgt: str | None = None
+    prompt_template: str = "a photo of a {}"
+    train_resize: int = Field(256, gt=0)  # squash to S x S (aspect not kept), then random crop
+    image_size: int = Field(224, gt=0)  # crop size in training, squash size at test
+    pad: int = Field(0, ge=0)  # zero padding before the random crop (digits: small shifts)
+    hflip: bool = True
+    image_cache_dir: str | None = None  # decoded-image cache; default: the vlpuda cache dir
+
+    # model
+    model: str = "ViT-B-16"
+    pretrained: str | None = "openai"
+    cache_dir: str | None = None  # open_clip / Hugging Face cache
+    zs_scale: float | None = Field(None, gt=0)  # None: the model's exp(logit_scale), 100 for CLIP
+
+    # optimisation (method.md 6)
+    lr: float = Field(3e-6, gt=0)
+    lr_multiplier: float = Field(1000.0, gt=0)  # head lr = lr * lr_multiplier
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    lr_gamma: float = Field(3e-4, ge=0)
+    lr_decay: float = Field(0.75, ge=0)
+    batch_size: int = Field(32, gt=0)  # labelled source images per step (per worker)
+    target_batch_size: int = Field(32, gt=0)  # unlabelled target images per step (per worker)
+    iters_per_epoch: int = Field(500, gt=0)
+    epochs: int = Field(20, gt=0)
+    eval_batch_size: int = Field(256, gt=0)
+    seed: int = 42
+    precision: Literal["fp32", "amp_bf16", "amp_fp16"] = "fp32"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    # CMKD (method.md 3)
+    baseline: bool = False  # source-only fine-tuning: no transfer terms
+    lambda1: float = Field(0.25, ge=0)
+    lambda2: float = Field(0.1, ge=0)
+    lambda3: float = Field(0.025, ge=0)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    ramp_gamma: float = Field(1.0, gt=0)
+    ramp_horizon: int = Field(10_000, gt=0)
+
+    # RST (method.md 4)
+    rst: bool = False
+    rst_mode: Literal["threshold", "ratio"] = "threshold"
+    rst_threshold: float = Field(1e-6, ge=0)
+    rst_ratio: float = Field(0.003, gt=0, le=1)
+
+    # FixMatch (method.md 5)
+    fixmatch: bool = False
+    fixmatch_threshold: float = Field(0.95, gt=0, lt=1)
+    fixmatch_factor: float = Field(0.5, ge=0)
+
+    out_dir: str = "runs/train"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        problems = []
+        if "{}" not in self.prompt_template:
+            problems.append("prompt_template: must contain '{}' where the class name goes")
+        if self.image_size > self.train_resize + 2 * self.pad:
+            problems.append(
+                f"image_size: {self.image_size} exceeds train_resize + 2*pad "
+                f"({self.train_resize + 2 * self.pad}); the random crop would not fit"
+            )
+        if self.src is not None and self.src == self.tgt:
+            problems.append(f"tgt: equals src ({self.src!r}); adaptation needs two domains")
+        for key in ("src", "tgt"):
+            value = getattr(self, key)
+            if value is not None and self.domains and value not in self.domains:
+                problems.append(f"{key}: {value!r} is not one of the domains {self.domains}")
+        if self.baseline and self.fixmatch:
+            problems.append("fixmatch: source-only training (baseline) has no target terms")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def rst_mode_effective(self) -> str:
+        return self.rst_mode if self.rst else "off"
+
+
+def _suggest(key: str) -> str:
+    close = difflib.get_close_matches(key, TrainConfig.model_fields, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _format_errors(err: ValidationError) -> list[str]:
+    problems = []
+    for item in err.errors():
+        key = ".".join(str(part) for part in item["loc"])
+        if item["type"] == "extra_forbidden":
+            problems.append(f"{key}: unknown key{_suggest(key)}")
+        elif not key:  # model-level validator: several problems joined with "; "
+            message = item["msg"].removeprefix("Value error, ")
+            problems.extend(message.split("; "))
+        else:
+            problems.append(f"{key}: {item['msg']} (got {item.get('input')!r})")
+    return problems
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`key=value` strings to a dict; values are parsed as YAML scalars (3e-7, true, [a, b])."""
+    overrides: dict[str, Any] = {}
+    problems = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            problems.append(f"{item!r}: overrides are written key=value")
+            continue
+        overrides[key.strip()] = yaml.safe_load(value) if value else None
+    if problems:
+        raise ConfigError(problems, "overrides")
+    return overrides
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A preset as a dict; a missing or malformed file is a ConfigError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError([f"config file {path} does not exist (presets live in configs/)"])
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError([f"{path}: not valid YAML ({err})"]) from err
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}: the top level must be a mapping of key: value"])
+    return data
+
+
+def build_config(
+    raw: dict[str, Any], overrides: dict[str, Any] | None = None, source: str | None = None
+) -> tuple[TrainConfig, dict[str, Any]]:
+    """Validate a preset dict plus overrides. Returns the training config and the other sections."""
+    merged = {**raw, **(overrides or {})}
+    sections = {name: merged.pop(name) for name in SECTIONS if name in merged}
+    try:
+        cfg = TrainConfig(**merged)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err), source) from None
+    return cfg, sections
+
+
+def load_config(
+    path: str | Path | None, overrides: dict[str, Any] | None = None
+) -> tuple[TrainConfig, dict[str, Any]]:
+    raw = read_yaml(path) if path is not None else {}
+    return build_config(raw, overrides, str(path) if path else None)
+
+
+def path_problems(cfg: TrainConfig, *, need_domains: bool = True) -> list[str]:
+    """Filesystem checks, kept apart from type checks so `validate` can report both at once."""
+    if cfg.benchmark == "demo" and cfg.data_dir is None:
+        return []  # the demo builds its own data on first use
+    problems = []
+    if need_domains and (cfg.src is None or cfg.tgt is None):
+        problems.append("src/tgt: both domains are required (--src Art --tgt Clipart)")
+    if cfg.data_dir is None:
+        return problems + ["data_dir: not set; pass --data-dir DIR (DIR/<Domain>/<class>/<image>)"]
+    root = Path(cfg.data_dir).expanduser()
+    if not root.is_dir():
+        return problems + [f"data_dir: {root} is not a directory"]
+    for key in ("src", "tgt"):
+        domain = getattr(cfg, key)
+        if domain is None:
+            continue
+        if domain in cfg.image_lists:
+            listed = root / cfg.image_lists[domain]
+            if not listed.is_file():
+                problems.append(f"image_lists.{domain}: {listed} does not exist")
+        elif not (root / domain).is_dir():
+            found = sorted(p.name for p in root.iterdir() if p.is_dir())
+            problems.append(f"{key}: no folder {root / domain} (found: {found})")
+    return problems

@@ -1,0 +1,1 @@
+"""The search driver (Tuner + OptunaSearch), the Pareto maths and the command line."""

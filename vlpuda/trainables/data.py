@@ -1,0 +1,492 @@
+"""Domain datasets: listing, one-time decoding into uint8 arrays, sampling and batch views.
+
+A trial never opens image files while it trains. Each domain is decoded once into two uint8
+arrays (the squashed train-size and test-size versions, method.md section 6 and 9.11), which the
+driver puts in Ray's object store so every worker reads them without a copy. All augmentation then
+runs on whole batches of those arrays, on whatever device the batch lives on, with randomness drawn
+from an explicit `torch.Generator` so that a trial is reproducible and resumable from its seed and
+sampler state alone.
+
+Listing follows torchvision's `ImageFolder` exactly (class order is label order, and the text
+prompts are built in that order: method.md section 9.1), or reads Office-31/TLlib image lists.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.datasets.folder import IMG_EXTENSIONS as _TORCHVISION_IMG_EXTENSIONS
+
+from vlpuda.errors import DataError
+
+# Imported rather than copied so a folder lists exactly the files ImageFolder would load.
+IMG_EXTENSIONS: tuple[str, ...] = tuple(_TORCHVISION_IMG_EXTENSIONS)
+
+# Bumped whenever the decoded layout or resize recipe changes, so stale caches are not reused.
+_CACHE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One labelled image file."""
+
+    path: Path
+    label: int
+
+
+# ---------------------------------------------------------------------------------------------
+# Listing domains
+# ---------------------------------------------------------------------------------------------
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMG_EXTENSIONS)
+
+
+def list_imagefolder(root: Path) -> tuple[list[str], list[Sample]]:
+    """List a `root/<class>/**/<image>` tree in torchvision ImageFolder's class and file order."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(
+            f"domain folder {root} does not exist or is not a directory; "
+            "check the data root and domain name in the config"
+        )
+    # Case-sensitive sort, as ImageFolder.find_classes does: 'TV' < 'Table', 'The_Eiffel_Tower'
+    # before every lowercase name. Label i is classes[i]; prompts must follow this order.
+    classes = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
+    if not classes:
+        raise DataError(
+            f"domain folder {root} has no class subfolders; "
+            "expected one subfolder of images per class (ImageFolder layout)"
+        )
+    samples: list[Sample] = []
+    for label, name in enumerate(classes):
+        found = _images_under(root / name)
+        if not found:
+            raise DataError(
+                f"class folder {root / name} has no images (extensions: "
+                f"{', '.join(IMG_EXTENSIONS)}); add images or remove the folder"
+            )
+        samples.extend(Sample(path, label) for path in found)
+    return classes, samples
+
+
+def _images_under(class_dir: Path) -> list[Path]:
+    # Same walk as torchvision's make_dataset: recursive, following links, sorted dirs and files.
+    found: list[Path] = []
+    for dirpath, _dirnames, filenames in sorted(os.walk(class_dir, followlinks=True)):
+        found.extend(Path(dirpath) / f for f in sorted(filenames) if _is_image(f))
+    return found
+
+
+def _parse_list_line(line: str, list_file: Path, lineno: int) -> tuple[str, int]:
+    # rsplit: the label is the last field, so paths containing spaces still parse.
+    parts = line.rsplit(maxsplit=1)
+    if len(parts) != 2:
+        raise DataError(
+            f"{list_file}:{lineno}: expected '<relative/path/to/image> <integer label>', "
+            f"got {line!r}; fix the line"
+        )
+    rel, label_text = parts
+    try:
+        label = int(label_text)
+    except ValueError:
+        raise DataError(
+            f"{list_file}:{lineno}: label {label_text!r} is not an integer; "
+            "each line must be '<relative/path/to/image> <integer label>'"
+        ) from None
+    if label < 0:
+        raise DataError(f"{list_file}:{lineno}: label {label} is negative; labels start at 0")
+    return rel, label
+
+
+def _classes_from_dirs(list_file: Path, samples: list[Sample]) -> list[str]:
+    # A label's name is the folder its images sit in (Office-31: amazon/images/back_pack/x.jpg).
+    names: dict[int, str] = {}
+    for s in samples:
+        name = s.path.parent.name
+        seen = names.setdefault(s.label, name)
+        if seen != name:
+            raise DataError(
+                f"{list_file}: label {s.label} is used for images in folders {seen!r} and "
+                f"{name!r}, so class names cannot be derived from folders; list the class "
+                "names in label order under `classes:` in the config"
+            )
+    missing = sorted(set(range(max(names) + 1)) - set(names))
+    if missing:
+        raise DataError(
+            f"{list_file}: labels must run 0..{max(names)} without gaps, but no image has "
+            f"label(s) {missing}; fix the list or give `classes:` in the config"
+        )
+    return [names[i] for i in range(len(names))]
+
+
+def read_image_list(
+    list_file: Path, root: Path, classes: list[str] | None = None
+) -> tuple[list[str], list[Sample]]:
+    """Read an Office-31/TLlib list: one '<path relative to root> <label>' per line."""
+    list_file, root = Path(list_file), Path(root)
+    if not list_file.is_file():
+        raise DataError(f"image list {list_file} does not exist; check the path in the config")
+    samples: list[Sample] = []
+    with open(list_file, encoding="utf-8") as f:
+        for lineno, raw in enumerate(f, start=1):
+            line = raw.strip()
+            if not line:
+                continue
+            rel, label = _parse_list_line(line, list_file, lineno)
+            if classes is not None and label >= len(classes):
+                raise DataError(
+                    f"{list_file}:{lineno}: label {label} but only {len(classes)} classes are "
+                    "given in the config; fix the label or the `classes:` list"
+                )
+            samples.append(Sample(root / rel, label))
+    if not samples:
+        raise DataError(f"image list {list_file} has no entries; it must list the domain's images")
+    missing = [s.path for s in samples if not s.path.is_file()]
+    if missing:
+        shown = ", ".join(str(p) for p in missing[:3])
+        raise DataError(
+            f"{len(missing)} image(s) listed in {list_file} do not exist under {root} "
+            f"(e.g. {shown}); check the data root the list's paths are relative to"
+        )
+    names = list(classes) if classes is not None else _classes_from_dirs(list_file, samples)
+    return names, samples
+
+
+def check_same_classes(
+    src_name: str, src_classes: list[str], tgt_name: str, tgt_classes: list[str]
+) -> None:
+    """Fail unless both domains have the same classes in the same (label) order."""
+    if list(src_classes) == list(tgt_classes):
+        return
+    only_src = sorted(set(src_classes) - set(tgt_classes))
+    only_tgt = sorted(set(tgt_classes) - set(src_classes))
+    if not only_src and not only_tgt:
+        detail = "same classes, different order (labels would not match)"
+    else:
+        detail = "; ".join(
+            part
+            for part in (
+                f"only in {src_name}: {only_src}" if only_src else "",
+                f"only in {tgt_name}: {only_tgt}" if only_tgt else "",
+            )
+            if part
+        )
+    raise DataError(
+        f"source {src_name!r} and target {tgt_name!r} have different class lists: {detail}; "
+        "fix the folders or image lists so both domains use identical class names"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding (once per domain, optionally cached on disk)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DecodedDomain:
+    """A domain decoded to uint8 HWC arrays; `test_images` may be the same array as train."""
+
+    name: str
+    classes: list[str]
+    labels: np.ndarray  # int64 (N,)
+    train_images: np.ndarray  # uint8 (N, S, S, 3)
+    test_images: np.ndarray  # uint8 (N, T, T, 3)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def decoded_from_arrays(
+    name: str,
+    classes: list[str],
+    labels: np.ndarray,
+    train_images: np.ndarray,
+    test_images: np.ndarray,
+) -> DecodedDomain:
+    """Build a DecodedDomain from arrays, checking the shapes and dtypes the loop relies on."""
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{name}: labels must be a 1-D integer array, got {labels.dtype}")
+    n = labels.shape[0]
+    for field, arr in (("train_images", train_images), ("test_images", test_images)):
+        if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[3] != 3:
+            raise ValueError(f"{name}: {field} must be uint8 (N, H, W, 3), got {arr.dtype} "
+                             f"{arr.shape}")
+        if arr.shape[0] != n or arr.shape[1] != arr.shape[2]:
+            raise ValueError(f"{name}: {field} must be ({n}, S, S, 3), got {arr.shape}")
+    if n and (labels.min() < 0 or labels.max() >= len(classes)):
+        raise ValueError(f"{name}: labels must lie in [0, {len(classes)})")
+    return DecodedDomain(name, list(classes), labels.astype(np.int64, copy=False),
+                         train_images, test_images)
+
+
+def _decode_file(path: Path, sizes: Sequence[int]) -> list[np.ndarray]:
+    try:
+        with Image.open(path) as im:
+            rgb = im.convert("RGB")  # forces a full decode, so truncated files fail here
+            # Squash to (s, s): the paper's Resize((256, 256)) ignores aspect (method.md 9.11).
+            return [np.asarray(rgb.resize((s, s), Image.Resampling.BILINEAR)) for s in sizes]
+    # Pillow signals broken files with several unrelated exception types (OSError, SyntaxError,
+    # ValueError, DecompressionBombError); any of them means "this file cannot be used".
+    except Exception as exc:  # noqa: BLE001
+        raise DataError(
+            f"cannot read image {path} ({type(exc).__name__}: {exc}); "
+            "remove or replace the file (and drop it from the image list, if any)"
+        ) from exc
+
+
+def _decode_into(
+    samples: list[Sample], outputs: list[np.ndarray], sizes: list[int], num_threads: int
+) -> None:
+    def work(i: int) -> None:
+        for out, img in zip(outputs, _decode_file(samples[i].path, sizes)):
+            out[i] = img
+
+    # Pillow releases the GIL while decoding and resizing, so threads scale without copies.
+    with ThreadPoolExecutor(max_workers=max(1, num_threads)) as pool:
+        for _ in pool.map(work, range(len(samples))):
+            pass
+
+
+def _cache_key(classes: list[str], samples: list[Sample], train_resize: int, image_size: int) -> str:
+    # Keyed on the listed order (arrays are stored in that order) and on each file's size and
+    # mtime, so an edited or replaced image invalidates the cache without hashing pixels.
+    h = hashlib.sha256()
+    h.update(json.dumps([_CACHE_FORMAT, train_resize, image_size, list(classes)]).encode())
+    for s in samples:
+        try:
+            st = os.stat(s.path)
+        except OSError as exc:
+            raise DataError(f"cannot read image {s.path} ({exc}); check that it exists") from exc
+        h.update(f"\n{os.path.abspath(s.path)}\t{s.label}\t{st.st_size}\t{st.st_mtime_ns}".encode())
+    return h.hexdigest()
+
+
+def _load_cached(entry: Path, n: int, sizes: list[int]) -> list[np.ndarray]:
+    arrays = []
+    for size in sizes:
+        path = entry / f"images_{size}.npy"
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        if arr.shape != (n, size, size, 3) or arr.dtype != np.uint8:
+            raise DataError(
+                f"decoded-image cache {path} has shape {arr.shape}, expected {(n, size, size, 3)}; "
+                f"delete the folder {entry} and run again"
+            )
+        arrays.append(arr)
+    return arrays
+
+
+def _decode_to_cache(
+    entry: Path, samples: list[Sample], sizes: list[int], num_threads: int
+) -> None:
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{entry.name[:16]}-", dir=entry.parent))
+    try:
+        # Decode straight into .npy memmaps: a large domain never has to fit in RAM twice.
+        outputs = [
+            np.lib.format.open_memmap(
+                tmp / f"images_{s}.npy", mode="w+", dtype=np.uint8,
+                shape=(len(samples), s, s, 3),
+            )
+            for s in sizes
+        ]
+        _decode_into(samples, outputs, sizes, num_threads)
+        for out in outputs:
+            out.flush()
+        del outputs
+        # The rename is atomic: other processes see either no entry or a complete one.
+        try:
+            os.replace(tmp, entry)
+        except OSError:
+            if not entry.is_dir():
+                raise
+            # Another process finished the same entry first; its arrays are identical.
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def decode_domain(
+    name: str,
+    classes: list[str],
+    samples: list[Sample],
+    train_resize: int,
+    image_size: int,
+    cache_dir: Path | None = None,
+    num_threads: int = 4,
+) -> DecodedDomain:
+    """Decode every image once to (S, S) and (T, T) uint8 arrays, reusing a disk cache if given."""
+    if not samples:
+        raise DataError(f"domain {name!r} has no images")
+    # Test images come from the original file at T, not from the S version, as in the paper's
+    # separate test transform; one array serves both when the sizes agree.
+    sizes = [train_resize] if train_resize == image_size else [train_resize, image_size]
+    labels = np.array([s.label for s in samples], dtype=np.int64)
+    if cache_dir is None:
+        arrays = [np.empty((len(samples), s, s, 3), dtype=np.uint8) for s in sizes]
+        _decode_into(samples, arrays, sizes, num_threads)
+    else:
+        entry = Path(cache_dir) / _cache_key(classes, samples, train_resize, image_size)
+        if not entry.is_dir():
+            _decode_to_cache(entry, samples, sizes, num_threads)
+        arrays = _load_cached(entry, len(samples), sizes)
+    return decoded_from_arrays(name, classes, labels, arrays[0], arrays[-1])
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling
+# ---------------------------------------------------------------------------------------------
+
+
+class InfiniteSampler:
+    """Endless random batches without replacement, reshuffled every pass, last partial dropped.
+
+    Every rank derives the same permutation from (seed, pass) and takes its own stride of it, so
+    DDP ranks see disjoint images; the state is two ints because the permutation is re-derived.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        *,
+        name: str = "the domain",
+    ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} must lie in [0, {world_size})")
+        if batch_size < 1:
+            raise ValueError(f"batch size must be positive, got {batch_size}")
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        # Equal shard sizes on every rank keep the ranks' pass boundaries (and steps) in step.
+        self.per_rank = n // world_size
+        if self.per_rank < batch_size:
+            raise DataError(
+                f"{name} has {n} images ({self.per_rank} per worker over {world_size} workers), "
+                f"fewer than the batch size {batch_size} per worker; lower the batch size or "
+                "the number of workers"
+            )
+        self.batches_per_pass = self.per_rank // batch_size
+        self._pass = 0
+        self._position = 0
+        self._shard = self._shard_for(0)
+
+    def _shard_for(self, pass_index: int) -> np.ndarray:
+        perm = np.random.default_rng([self.seed, pass_index]).permutation(self.n)
+        return perm[self.rank :: self.world_size][: self.per_rank].astype(np.int64)
+
+    def next_batch(self) -> np.ndarray:
+        if self._position == self.batches_per_pass:
+            self._pass += 1
+            self._position = 0
+            self._shard = self._shard_for(self._pass)
+        start = self._position * self.batch_size
+        self._position += 1
+        return self._shard[start : start + self.batch_size].copy()
+
+    def state_dict(self) -> dict[str, int]:
+        return {"pass": self._pass, "position": self._position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        position = int(state["position"])
+        if not 0 <= position <= self.batches_per_pass:
+            raise ValueError(
+                f"sampler position {position} is outside [0, {self.batches_per_pass}]; the "
+                "state comes from a sampler with a different size or batch size"
+            )
+        self._pass, self._position = int(state["pass"]), position
+        self._shard = self._shard_for(self._pass)
+
+
+# ---------------------------------------------------------------------------------------------
+# Batch views (tensors in, tensors out; randomness only from the given generator)
+# ---------------------------------------------------------------------------------------------
+
+
+def _to_float_chw(images_hwc: torch.Tensor) -> torch.Tensor:
+    return images_hwc.permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def train_views(
+    images: torch.Tensor, crop: int, pad: int, hflip: bool, generator: torch.Generator
+) -> torch.Tensor:
+    """Zero-pad, random-crop and optionally flip each image: uint8 BHWC -> float B3HW in [0, 1]."""
+    b, s = images.shape[0], images.shape[1]
+    padded_size = s + 2 * pad
+    if padded_size < crop:
+        raise ValueError(f"crop {crop} exceeds the padded image size {padded_size}")
+    # Draw on CPU whatever the device: the same generator state gives the same views anywhere.
+    offsets = torch.randint(0, padded_size - crop + 1, (b, 2), generator=generator)
+    flips = torch.rand(b, generator=generator) < 0.5
+    if not hflip:
+        flips.zero_()
+    device = images.device
+    if pad:
+        padded = images.new_zeros((b, padded_size, padded_size, images.shape[3]))
+        padded[:, pad : pad + s, pad : pad + s] = images
+    else:
+        padded = images
+    steps = torch.arange(crop)
+    rows = offsets[:, :1] + steps  # (B, crop)
+    cols = offsets[:, 1:] + torch.where(flips[:, None], crop - 1 - steps, steps)
+    batch = torch.arange(b)[:, None, None]
+    # One gather does crop and flip for the whole batch, on the images' device.
+    out = padded[batch.to(device), rows[:, :, None].to(device), cols[:, None, :].to(device)]
+    return _to_float_chw(out)
+
+
+def test_views(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, T, T, 3) -> float (B, 3, T, T) in [0, 1]; test images are already squashed."""
+    return _to_float_chw(images)
+
+
+@functools.lru_cache(maxsize=1)
+def _strong_ops() -> torch.nn.Module:
+    from torchvision.transforms import v2
+
+    return v2.Compose(
+        [v2.ColorJitter(0.4, 0.4, 0.4, 0.0), v2.RandAugment(num_ops=2, magnitude=10)]
+    )
+
+
+def strong_views(images: torch.Tensor, crop: int, generator: torch.Generator) -> torch.Tensor:
+    """FixMatch strong view: center crop, flip, ColorJitter + RandAugment per sample."""
+    b, s = images.shape[0], images.shape[1]
+    if crop > s:
+        raise ValueError(f"crop {crop} exceeds the image size {s}")
+    top = int(round((s - crop) / 2.0))  # torchvision CenterCrop's rounding
+    chw = images[:, top : top + crop, top : top + crop].permute(0, 3, 1, 2)
+    flips = (torch.rand(b, generator=generator) < 0.5).to(images.device)
+    chw = torch.where(flips[:, None, None, None], chw.flip(-1), chw)
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    ops = _strong_ops()
+    # torchvision draws its op choices and magnitudes from the global CPU RNG: fork it and seed
+    # it from our generator, so the views depend on the generator alone and the caller's global
+    # RNG stream is left untouched. Per sample, because one call shares its draws over a batch.
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        out = torch.stack([ops(chw[i].contiguous()) for i in range(b)])
+    return out.float().div_(255.0)
+
+
+def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Per-channel (x - mean) / std for a float (B, 3, H, W) batch."""
+    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    sd = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return (x - m) / sd

@@ -1,0 +1,221 @@
+"""Residual sparse training (method.md section 4) and the sparse delta artifact.
+
+After every optimizer step the visual weights are pulled back to their pre-trained values w0
+wherever they have not moved far enough, so a task is stored as one shared CLIP plus a small
+sparse delta. Two ways to decide "far enough":
+
+- threshold (the paper): keep an entry iff |w - w0| > tau. Sparsity emerges from tau.
+- ratio (for searching the sparsity directly): keep at most a fraction rho of all visual entries,
+  the ones with the largest |w - w0|.
+
+The artifact is a safetensors file: per changed visual tensor, flat int32 indices and the fp32
+trained values at those indices (or the dense tensor when that is smaller), plus the dense task head
+and metadata. Storing trained values rather than differences makes restoring bit-exact: in floating
+point w0 + (w - w0) is not always w.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from vlpuda.errors import VlpudaError
+
+RstMode = Literal["off", "threshold", "ratio"]
+DELTA_FORMAT = "vlpuda-delta/1"
+
+
+@torch.no_grad()
+def reset_below_threshold_(
+    params: list[torch.Tensor], reference: list[torch.Tensor], tau: float
+) -> None:
+    """Set every entry with |w - w0| <= tau back to exactly w0, in place."""
+    for weight, w0 in zip(params, reference):
+        keep = (weight - w0).abs_() > tau
+        torch.where(keep, weight, w0, out=weight)
+
+
+@torch.no_grad()
+def ratio_cutoff(params: list[torch.Tensor], reference: list[torch.Tensor], ratio: float) -> float:
+    """The |w - w0| above which at most floor(ratio * N) entries lie (N = all visual entries).
+
+    It is the (k+1)-th largest magnitude, found by selection (kthvalue), not a full sort: keeping
+    entries strictly above it keeps at most k of them, ties included, and never an unchanged one.
+    """
+    magnitudes = torch.cat([(w - w0).abs_().flatten() for w, w0 in zip(params, reference)])
+    total = magnitudes.numel()
+    keep = int(ratio * total)
+    if keep >= total:
+        return 0.0
+    kth_largest = torch.kthvalue(magnitudes, total - keep).values
+    return max(float(kth_largest), 0.0)
+
+
+@torch.no_grad()
+def count_changed(params: list[torch.Tensor], reference: list[torch.Tensor]) -> int:
+    """nnz(w - w0) over the given tensors."""
+    return int(sum(int(torch.count_nonzero(w != w0)) for w, w0 in zip(params, reference)))
+
+
+class ResidualSparsity:
+    """Keeps w0 of the visual tower (only that tower: the text tower is never trained) and applies
+    the reset after each optimizer step.
+
+    The SGD momentum buffers are left alone, as in the reference code: an entry sitting at w0 only
+    escapes when a single step moves it past the threshold, so tau acts on the per-step update size
+    and its best value tracks the learning rate (method.md 4, step 4).
+    """
+
+    def __init__(
+        self, visual: nn.Module, mode: RstMode = "off", threshold: float = 1e-6, ratio: float = 0.0
+    ) -> None:
+        self.mode = mode
+        self.threshold = threshold
+        self.ratio = ratio
+        named = [(name, p) for name, p in visual.named_parameters()]
+        self.names = [name for name, _ in named]
+        self.params = [p for _, p in named]
+        self.reference = [p.detach().clone() for p in self.params]
+
+    @property
+    def total(self) -> int:
+        return sum(p.numel() for p in self.params)
+
+    def reset_(self) -> None:
+        """Apply the mode's rule to every visual entry (no-op when RST is off)."""
+        if self.mode == "threshold":
+            reset_below_threshold_(self.params, self.reference, self.threshold)
+        elif self.mode == "ratio":
+            cutoff = ratio_cutoff(self.params, self.reference, self.ratio)
+            reset_below_threshold_(self.params, self.reference, cutoff)
+
+    def changed(self) -> int:
+        return count_changed(self.params, self.reference)
+
+    def named_pairs(self) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+        return list(zip(self.names, self.params, self.reference))
+
+
+def stored_params(changed_visual: int, head: nn.Module) -> int:
+    """Stored (downstream) parameters as the paper counts them: nnz(w - w0) + all head parameters."""
+    return changed_visual + sum(p.numel() for p in head.parameters())
+
+
+# ----------------------------------------------------------------------------------------------
+# The delta artifact
+
+
+class DeltaError(VlpudaError):
+    """A delta file is unreadable or does not fit the model it is applied to."""
+
+
+@dataclass
+class DeltaArtifact:
+    """A loaded delta: per visual tensor (flat indices or None for dense, values), head, metadata."""
+
+    visual: dict[str, tuple[torch.Tensor | None, torch.Tensor]]
+    head_state: dict[str, torch.Tensor]
+    metadata: dict[str, str]
+
+    @property
+    def config(self) -> dict:
+        return json.loads(self.metadata.get("config", "{}"))
+
+    @property
+    def classes(self) -> list[str]:
+        return json.loads(self.metadata["classes"])
+
+
+@torch.no_grad()
+def save_delta(
+    path: str | Path,
+    pairs: list[tuple[str, torch.Tensor, torch.Tensor]],
+    head_state: dict[str, torch.Tensor],
+    metadata: dict[str, str],
+) -> int:
+    """Write the delta for (name, w, w0) pairs plus the head; returns the file's size in bytes.
+
+    Per tensor the cheaper of two encodings: int32 index + fp32 value (8 bytes per changed entry)
+    or the dense fp32 tensor (4 bytes per entry, chosen once more than half the entries changed).
+    Unchanged tensors are not written at all. The write is atomic (temp file, then rename).
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    for name, weight, w0 in pairs:
+        flat = weight.detach().reshape(-1).float().cpu()
+        changed = torch.nonzero(flat != w0.detach().reshape(-1).float().cpu()).squeeze(1)
+        if changed.numel() == 0:
+            continue
+        if changed.numel() * 8 >= flat.numel() * 4:
+            tensors[f"visual.{name}.dense"] = flat.clone()
+        else:
+            if flat.numel() >= 2**31:
+                raise DeltaError(f"parameter {name} has {flat.numel()} entries: int32 indices overflow")
+            tensors[f"visual.{name}.index"] = changed.to(torch.int32)
+            tensors[f"visual.{name}.value"] = flat[changed].clone()
+    for key, value in head_state.items():
+        tensors[f"head.{key}"] = value.detach().cpu().contiguous()
+    shapes = {name: list(weight.shape) for name, weight, _ in pairs}
+    meta = {**metadata, "format": DELTA_FORMAT, "visual_shapes": json.dumps(shapes)}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+    return path.stat().st_size
+
+
+def load_delta(path: str | Path) -> DeltaArtifact:
+    """Read a delta written by save_delta (safetensors: no code runs while loading)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DeltaError(f"delta file {path} does not exist: pass the delta.safetensors a run wrote")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = dict(handle.metadata() or {})
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except Exception as err:  # safetensors raises several types for a damaged file
+        raise DeltaError(f"{path} is not a readable safetensors delta ({err})") from err
+    if metadata.get("format") != DELTA_FORMAT:
+        raise DeltaError(f"{path} is not a vlpuda delta (format {metadata.get('format')!r})")
+    visual: dict[str, tuple[torch.Tensor | None, torch.Tensor]] = {}
+    head_state: dict[str, torch.Tensor] = {}
+    for key, value in tensors.items():
+        if key.startswith("head."):
+            head_state[key[len("head."):]] = value
+        elif key.endswith(".dense"):
+            visual[key[len("visual."):-len(".dense")]] = (None, value)
+        elif key.endswith(".value"):
+            name = key[len("visual."):-len(".value")]
+            visual[name] = (tensors[f"visual.{name}.index"].long(), value)
+    return DeltaArtifact(visual=visual, head_state=head_state, metadata=metadata)
+
+
+@torch.no_grad()
+def apply_delta_(visual: nn.Module, artifact: DeltaArtifact) -> None:
+    """Write the stored trained values into a freshly loaded pre-trained visual tower, in place."""
+    params = dict(visual.named_parameters())
+    shapes = json.loads(artifact.metadata.get("visual_shapes", "{}"))
+    missing = [name for name in shapes if name not in params]
+    if missing:
+        model = artifact.metadata.get("model", "?")
+        raise DeltaError(
+            f"the delta was made for model {model!r}; this visual tower lacks {missing[:3]}: "
+            "load the base model the delta names"
+        )
+    for name, (index, values) in artifact.visual.items():
+        target = params[name]
+        if list(target.shape) != shapes.get(name, list(target.shape)):
+            raise DeltaError(f"delta tensor {name} has shape {shapes[name]}, model {list(target.shape)}")
+        flat = target.data.view(-1)
+        if index is None:
+            flat.copy_(values.to(flat.device, flat.dtype))
+        else:
+            flat[index.to(flat.device)] = values.to(flat.device, flat.dtype)
