@@ -5,8 +5,8 @@ Every function takes `values` of shape (n points, m objectives) and one directio
 written that way). Internally every column is turned into one to minimise, so the dominance test
 and the hypervolume sweep are written once.
 
-Dominance: a dominates b iff a is no worse than b in every objective and strictly better in at least
-one. So identical points never dominate each other: duplicates share a rank, and a repeated
+Dominance: a dominates b iff a is no worse than b in every objective and strictly better in at
+least one. So identical points never dominate each other: duplicates share a rank, and a repeated
 configuration cannot push its twin off the front.
 """
 
@@ -176,7 +176,7 @@ def hypervolume_history(
 
 
 def _worse_than(worst: float, sign: float) -> float:
-    """A value a tenth of |worst| beyond `worst` (or 1 beyond 0), in the objective's bad direction."""
+    """A tenth of |worst| beyond `worst` (1 beyond 0), in the objective's bad direction."""
     margin = 0.1 * abs(worst) if worst != 0.0 else 1.0
     return worst + sign * margin
 

@@ -231,7 +231,7 @@ def categorical_dimension(name: str, choices: tuple[Any, ...]) -> Dimension:
 
 
 def derive_rst_threshold(params: Mapping[str, Any]) -> dict[str, float]:
-    """The trainer's `rst_threshold` (tau) from `rst_threshold_over_lr` and `lr`, when both are set.
+    """The trainer's `rst_threshold` (tau) from `rst_threshold_over_lr` and `lr` when both are set.
 
     Args:
         params: a flat config or trial parameters.
@@ -260,7 +260,7 @@ def _default_value(name: str, defaults: Mapping[str, Any]) -> tuple[Any, str]:
 
 
 def _matching_choice(raw: Any, choices: tuple[Any, ...]) -> Any:
-    """The choice equal to `raw` read as a number (so "1e3" and 1000 both pick 1000.0), else raw."""
+    """The choice equal to `raw` read as a number ("1e3" and 1000 both pick 1000.0), else raw."""
     number = parse_number(raw)
     for choice in choices:
         if choice == raw or (number is not None and choice == number):

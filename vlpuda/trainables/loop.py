@@ -85,9 +85,12 @@ class LocalReporter:
         shutil.copytree(checkpoint_dir, staging)
         shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
         staging.rename(self.checkpoint_dir)
-        best = self.checkpoint_dir / BEST_DELTA_FILE
-        shutil.copy(best if best.exists() else self.checkpoint_dir / DELTA_FILE,
-                    self.out_dir / BEST_DELTA_FILE)
+        # Keep each task's best delta beside the checkpoint, where users look for it.
+        for delta in self.checkpoint_dir.rglob(DELTA_FILE):
+            best = delta.with_name(BEST_DELTA_FILE)
+            target = self.out_dir / delta.parent.relative_to(self.checkpoint_dir) / BEST_DELTA_FILE
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(best if best.exists() else delta, target)
         with open(self.out_dir / "metrics.jsonl", "a") as handle:
             handle.write(json.dumps(metrics) + "\n")
 
@@ -196,200 +199,278 @@ def set_rng_state(generator: torch.Generator, state: dict[str, torch.Tensor]) ->
         torch.cuda.set_rng_state(state["cuda"])
 
 
+def task_key(cfg: TrainConfig) -> str:
+    """How a task is named in multi-task metrics and checkpoint folders: Art_to_Clipart."""
+    return f"{cfg.src}_to_{cfg.tgt}"
+
+
+class TaskRun:
+    """One transfer task's student, optimizer, samplers and best-so-far, advanced an epoch at a time.
+
+    A trial over several tasks keeps one TaskRun per task and interleaves their epochs, so every
+    report carries comparable aggregate objectives (mean accuracy, summed stored parameters).
+    """
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        assets: TaskAssets | None,
+        device: torch.device,
+        resume_from: Path | None = None,
+    ) -> None:
+        self.cfg, self.device = cfg, device
+        self.rank, world = (
+            (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        )
+        # Seed before building anything: every rank must start from identical weights (a
+        # randomly initialised tower included), since w0 is captured before DDP broadcasts.
+        torch.manual_seed(cfg.seed)
+        loaded = load_clip(cfg.model, cfg.pretrained, cfg.cache_dir)
+        self.assets = assets = assets or build_task_assets(cfg, loaded)
+        prototypes = torch.from_numpy(np.array(assets.prototypes, dtype=np.float32))
+        zs_scale = cfg.zs_scale if cfg.zs_scale is not None else assets.logit_scale
+        self.student = Student(visual_tower(loaded), prototypes, zs_scale).to(device)
+        del loaded  # the text tower is no longer referenced; its memory can go
+        self.sparsity = ResidualSparsity(
+            self.student.visual, cfg.rst_mode_effective, cfg.rst_threshold, cfg.rst_ratio
+        )
+        head_lr = cfg.lr * cfg.lr_multiplier
+        self.optimizer = torch.optim.SGD(
+            [
+                {"params": list(self.student.visual.parameters()), "lr": cfg.lr,
+                 "lr_base": cfg.lr},
+                {"params": [p for p in self.student.head.parameters() if p.requires_grad],
+                 "lr": head_lr, "lr_base": head_lr},
+            ],
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,  # pulls towards 0, not towards w0, as in the paper
+            nesterov=True,
+        )
+        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "amp_fp16")
+        self.autocast = autocast_for(cfg, device)
+        self.model: torch.nn.Module = self.student
+        if world > 1:
+            self.model = DistributedDataParallel(
+                self.student, device_ids=[device.index] if device.type == "cuda" else None
+            )
+        self.src_sampler = InfiniteSampler(
+            len(assets.source), cfg.batch_size, cfg.seed, self.rank, world
+        )
+        self.tgt_sampler = InfiniteSampler(
+            len(assets.target), cfg.target_batch_size, cfg.seed + 1, self.rank, world
+        )
+        self.generator = torch.Generator().manual_seed(cfg.seed * 1009 + self.rank)
+        self.weights = LossWeights(cfg.lambda1, cfg.lambda2, cfg.lambda3, cfg.label_smoothing)
+        self.iteration, self.epoch, self.best_acc, self.best_epoch = 0, 0, -1.0, 0
+        self.scratch = Path(tempfile.mkdtemp(prefix="vlpuda-run-"))
+        self.best_delta: Path | None = None  # a copy of the best epoch's delta, kept on rank 0
+        if resume_from is not None:
+            self.load_checkpoint(Path(resume_from))
+
+    # ---- one epoch of training ---------------------------------------------------------------
+    def _batch(self, domain: DecodedDomain, sampler: InfiniteSampler) -> tuple[torch.Tensor, ...]:
+        index = sampler.next_batch()
+        images = torch.from_numpy(np.asarray(domain.train_images[index])).to(self.device)
+        labels = torch.from_numpy(np.asarray(domain.labels[index])).to(self.device)
+        return images, labels
+
+    def _view(self, images: torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg
+        views = train_views(images, cfg.image_size, cfg.pad, cfg.hflip, self.generator)
+        return normalize(views, self.assets.mean, self.assets.std)
+
+    def _loss(self, outputs: list[tuple[torch.Tensor, torch.Tensor]],
+              src_labels: torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg
+        src_task, src_clip = outputs[0]
+        if cfg.baseline:  # source-only fine-tuning: the paper's "Baseline" rows
+            return F.cross_entropy(src_task.float(), src_labels,
+                                   label_smoothing=cfg.label_smoothing)
+        tgt_task, tgt_clip = outputs[1]
+        r = ramp(self.iteration, cfg.ramp_horizon, cfg.ramp_gamma)
+        terms = cmkd_terms(src_task, src_clip, src_labels, tgt_task, tgt_clip, r, self.weights)
+        loss = sum(terms.values())
+        if cfg.fixmatch:  # pseudo-labels from the weak view, applied to the strong view
+            strong_task, strong_clip = outputs[2]
+            loss = loss + cfg.fixmatch_factor * (
+                fixmatch_term(tgt_task, strong_task, cfg.fixmatch_threshold)
+                + fixmatch_term(tgt_clip, strong_clip, cfg.fixmatch_threshold)
+            )
+        return loss
+
+    def train_epoch(self) -> dict[str, float]:
+        cfg, assets = self.cfg, self.assets
+        self.model.train()  # Student.train keeps the encoder's BatchNorm statistics frozen
+        loss_sum, started = torch.zeros((), device=self.device), time.perf_counter()
+        for _ in range(cfg.iters_per_epoch):
+            decay = inverse_decay(self.iteration, cfg.lr_gamma, cfg.lr_decay)
+            for group in self.optimizer.param_groups:
+                group["lr"] = group["lr_base"] * decay
+            src_images, src_labels = self._batch(assets.source, self.src_sampler)
+            batches = [self._view(src_images)]
+            if not cfg.baseline:
+                tgt_images, _ = self._batch(assets.target, self.tgt_sampler)
+                batches.append(self._view(tgt_images))
+                if cfg.fixmatch:
+                    strong = strong_views(tgt_images, cfg.image_size, self.generator)
+                    batches.append(normalize(strong, assets.mean, assets.std))
+
+            # One forward call for all views: DDP expects one forward per backward, and the
+            # head's BatchNorm still sees each domain separately inside it.
+            with self.autocast:
+                outputs = self.model(*batches)
+            loss = self._loss(outputs, src_labels)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            # RST right after every optimizer step: entries that did not move far enough from
+            # w0 go back to exactly w0 (the momentum buffers are kept, as in the paper).
+            self.sparsity.reset_()
+            self.iteration += 1
+            loss_sum += loss.detach()  # no .item() per step: it would sync the GPU every step
+        self.epoch += 1
+        elapsed = time.perf_counter() - started
+        return {"loss": float(loss_sum) / cfg.iters_per_epoch,
+                "seconds_per_iteration": elapsed / cfg.iters_per_epoch}
+
+    # ---- evaluation and checkpoints ----------------------------------------------------------
+    def evaluate(self) -> dict[str, Any]:
+        scores = evaluate(self.student, self.assets.target, self.assets.mean, self.assets.std,
+                          self.device, self.cfg.eval_batch_size, self.autocast)
+        self.is_best = scores["target_acc_last"] > self.best_acc
+        if self.is_best:
+            self.best_acc, self.best_epoch = scores["target_acc_last"], self.epoch
+        changed = self.sparsity.changed()
+        return {
+            "target_acc": self.best_acc,
+            "best_epoch": self.best_epoch,
+            **scores,
+            "stored_params": stored_params(changed, self.student.head),
+            "changed_params": changed,
+            "changed_fraction": changed / self.sparsity.total,
+            "lr": self.optimizer.param_groups[0]["lr"],
+        }
+
+    def save_checkpoint(self, directory: Path) -> int:
+        """Delta (+ the best epoch's delta if that was earlier) and training state; rank 0 only.
+        Returns the delta's size in bytes."""
+        directory.mkdir(parents=True, exist_ok=True)
+        delta_path = directory / DELTA_FILE
+        delta_bytes = save_delta(
+            delta_path, self.sparsity.named_pairs(), self.student.head.state_dict(),
+            delta_metadata(self.cfg, self.assets, self.epoch),
+        )
+        if self.is_best:
+            self.best_delta = self.scratch / "best.safetensors"
+            shutil.copy(delta_path, self.best_delta)
+        elif self.best_delta is not None:
+            shutil.copy(self.best_delta, directory / BEST_DELTA_FILE)
+        state = {
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "src_sampler": self.src_sampler.state_dict(),
+            "tgt_sampler": self.tgt_sampler.state_dict(),
+            "rng": rng_state(self.generator),
+            "iteration": self.iteration,
+            "epoch": self.epoch,
+            "best_acc": self.best_acc,
+            "best_epoch": self.best_epoch,
+        }
+        torch.save(state, directory / STATE_FILE)
+        return delta_bytes
+
+    def load_checkpoint(self, directory: Path) -> None:
+        state = torch.load(directory / STATE_FILE, weights_only=True)
+        delta = load_delta(directory / DELTA_FILE)
+        apply_delta_(self.student.visual, delta)
+        self.student.head.load_state_dict(delta.head_state)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.src_sampler.load_state_dict(state["src_sampler"])
+        self.tgt_sampler.load_state_dict(state["tgt_sampler"])
+        set_rng_state(self.generator, state["rng"])
+        self.iteration, self.epoch = int(state["iteration"]), int(state["epoch"])
+        self.best_acc, self.best_epoch = float(state["best_acc"]), int(state["best_epoch"])
+        kept = directory / BEST_DELTA_FILE
+        self.best_delta = self.scratch / "best.safetensors"
+        shutil.copy(kept if kept.exists() else directory / DELTA_FILE, self.best_delta)
+
+    def close(self) -> None:
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def aggregate(per_task: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A multi-task trial's objectives: mean accuracies and proxies, summed storage; plus every
+    task's own metrics under '<task>/<name>'. One task: its metrics unchanged."""
+    if len(per_task) == 1:
+        return dict(next(iter(per_task.values())))
+    runs = list(per_task.values())
+    combined: dict[str, Any] = {}
+    for name in runs[0]:
+        values = [run[name] for run in runs]
+        if name in ("stored_params", "changed_params", "delta_bytes"):
+            combined[name] = sum(values)
+        elif name in ("epoch", "iteration"):
+            combined[name] = values[0]
+        elif name != "best_epoch":
+            combined[name] = sum(values) / len(values)
+    for key, run in per_task.items():
+        combined.update({f"{key}/{name}": value for name, value in run.items()})
+    return combined
+
+
 def train(
-    cfg: TrainConfig,
-    assets: TaskAssets | None = None,
+    cfg: TrainConfig | list[TrainConfig],
+    assets: TaskAssets | list[TaskAssets] | None = None,
     reporter: Reporter | None = None,
     resume_from: Path | None = None,
     device: torch.device | None = None,
 ) -> dict[str, Any]:
-    """Run (or resume) one training run; returns the last epoch's metrics."""
-    # ---- set-up ------------------------------------------------------------------------------
-    cfg = resolve_demo(cfg)
-    reporter = reporter or LocalReporter(cfg.out_dir)
-    device = device or pick_device(cfg)
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    torch.manual_seed(cfg.seed)  # identical head init on every rank
+    """Run (or resume) one run over one task, or several tasks with interleaved epochs.
 
-    loaded = load_clip(cfg.model, cfg.pretrained, cfg.cache_dir)
-    if assets is None:
-        assets = build_task_assets(cfg, loaded)
-    prototypes = torch.from_numpy(np.array(assets.prototypes, dtype=np.float32))
-    zs_scale = cfg.zs_scale if cfg.zs_scale is not None else assets.logit_scale
-    student = Student(visual_tower(loaded), prototypes, zs_scale).to(device)
-    del loaded  # the text tower is no longer referenced; its memory can go
-    sparsity = ResidualSparsity(
-        student.visual, cfg.rst_mode_effective, cfg.rst_threshold, cfg.rst_ratio
-    )
-    head_params = [p for p in student.head.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(
-        [
-            {"params": list(student.visual.parameters()), "lr": cfg.lr, "lr_base": cfg.lr},
-            {"params": head_params, "lr": cfg.lr * cfg.lr_multiplier,
-             "lr_base": cfg.lr * cfg.lr_multiplier},
-        ],
-        momentum=cfg.momentum,
-        weight_decay=cfg.weight_decay,  # pulls towards 0, not towards w0, as in the reference
-        nesterov=True,
-    )
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "amp_fp16")
-    autocast = autocast_for(cfg, device)
-    model = student
-    if world > 1:
-        model = DistributedDataParallel(
-            student, device_ids=[device.index] if device.type == "cuda" else None
-        )
+    Each epoch: train every task for cfg.iters_per_epoch iterations, score every target, write
+    one checkpoint (a sub-folder per task when there are several) and report once.
+    """
+    cfgs = [resolve_demo(c) for c in (cfg if isinstance(cfg, list) else [cfg])]
+    assets_list = assets if isinstance(assets, list) else [assets] * len(cfgs)
+    reporter = reporter or LocalReporter(cfgs[0].out_dir)
+    device = device or pick_device(cfgs[0])
+    multi = len(cfgs) > 1
 
-    src_sampler = InfiniteSampler(len(assets.source), cfg.batch_size, cfg.seed, rank, world)
-    tgt_sampler = InfiniteSampler(
-        len(assets.target), cfg.target_batch_size, cfg.seed + 1, rank, world
-    )
-    generator = torch.Generator().manual_seed(cfg.seed * 1009 + rank)
-    weights = LossWeights(cfg.lambda1, cfg.lambda2, cfg.lambda3, cfg.label_smoothing)
-    mean, std = assets.mean, assets.std
-    iteration, start_epoch, best_acc, best_epoch = 0, 0, -1.0, 0
-    best_delta: Path | None = None
+    def folder(root: Path, c: TrainConfig) -> Path:
+        return root / task_key(c) if multi else root
 
-    if resume_from is not None:
-        state = torch.load(Path(resume_from) / STATE_FILE, weights_only=True)
-        delta = load_delta(Path(resume_from) / DELTA_FILE)
-        apply_delta_(student.visual, delta)
-        student.head.load_state_dict(delta.head_state)
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        src_sampler.load_state_dict(state["src_sampler"])
-        tgt_sampler.load_state_dict(state["tgt_sampler"])
-        set_rng_state(generator, state["rng"])
-        iteration, start_epoch = int(state["iteration"]), int(state["epoch"])
-        best_acc, best_epoch = float(state["best_acc"]), int(state["best_epoch"])
-        kept_best = Path(resume_from) / BEST_DELTA_FILE
-        best_delta = kept_best if kept_best.exists() else Path(resume_from) / DELTA_FILE
-
-    scratch = Path(tempfile.mkdtemp(prefix="vlpuda-run-"))
-    if best_delta is not None:  # keep the best delta across checkpoints of a resumed run
-        shutil.copy(best_delta, scratch / "best.safetensors")
-        best_delta = scratch / "best.safetensors"
-
-    def next_images(domain: DecodedDomain, sampler: InfiniteSampler) -> tuple[torch.Tensor, ...]:
-        index = sampler.next_batch()
-        images = torch.from_numpy(np.asarray(domain.train_images[index])).to(device)
-        labels = torch.from_numpy(np.asarray(domain.labels[index])).to(device)
-        return images, labels
-
-    def view(images: torch.Tensor) -> torch.Tensor:
-        return normalize(train_views(images, cfg.image_size, cfg.pad, cfg.hflip, generator),
-                         mean, std)
-
-    # ---- training ----------------------------------------------------------------------------
+    runs = {
+        task_key(c): TaskRun(c, a, device, folder(resume_from, c) if resume_from else None)
+        for c, a in zip(cfgs, assets_list)
+    }
+    first = next(iter(runs.values()))
+    scratch = Path(tempfile.mkdtemp(prefix="vlpuda-ckpt-"))
     metrics: dict[str, Any] = {}
     try:
-        for epoch in range(start_epoch, cfg.epochs):
-            model.train()  # Student.train keeps the encoder's BatchNorm statistics frozen
-            loss_sum, started = torch.zeros((), device=device), time.perf_counter()
-            for _ in range(cfg.iters_per_epoch):
-                for group in optimizer.param_groups:
-                    group["lr"] = group["lr_base"] * inverse_decay(
-                        iteration, cfg.lr_gamma, cfg.lr_decay
-                    )
-                src_images, src_labels = next_images(assets.source, src_sampler)
-                batches = [view(src_images)]
-                if not cfg.baseline:
-                    tgt_images, _ = next_images(assets.target, tgt_sampler)
-                    batches.append(view(tgt_images))
-                    if cfg.fixmatch:
-                        batches.append(
-                            normalize(strong_views(tgt_images, cfg.image_size, generator),
-                                      mean, std)
-                        )
-
-                # One forward call for all views: DDP expects one forward per backward, and the
-                # head's BatchNorm still sees each domain separately inside it.
-                with autocast:
-                    outputs = model(*batches)
-                (src_task, src_clip) = outputs[0]
-                if cfg.baseline:
-                    loss = F.cross_entropy(
-                        src_task.float(), src_labels, label_smoothing=cfg.label_smoothing
-                    )
-                else:
-                    (tgt_task, tgt_clip) = outputs[1]
-                    r = ramp(iteration, cfg.ramp_horizon, cfg.ramp_gamma)
-                    loss = sum(cmkd_terms(
-                        src_task, src_clip, src_labels, tgt_task, tgt_clip, r, weights
-                    ).values())
-                    if cfg.fixmatch:
-                        (strong_task, strong_clip) = outputs[2]
-                        loss = loss + cfg.fixmatch_factor * (
-                            fixmatch_term(tgt_task, strong_task, cfg.fixmatch_threshold)
-                            + fixmatch_term(tgt_clip, strong_clip, cfg.fixmatch_threshold)
-                        )
-
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                # RST right after every optimizer step: entries that did not move far enough
-                # from w0 go back to exactly w0 (momentum buffers are kept, as in the paper).
-                sparsity.reset_()
-                iteration += 1
-                loss_sum += loss.detach()  # no .item() here: it would sync the GPU every step
-            seconds_per_iteration = (time.perf_counter() - started) / cfg.iters_per_epoch
-
-            # ---- evaluation, checkpoint, report -------------------------------------------------
-            scores = evaluate(student, assets.target, mean, std, device, cfg.eval_batch_size,
-                              autocast)
-            changed = sparsity.changed()
-            is_best = scores["target_acc_last"] > best_acc
-            if is_best:
-                best_acc, best_epoch = scores["target_acc_last"], epoch + 1
+        while first.epoch < cfgs[0].epochs:
+            per_task = {}
+            for key, run in runs.items():
+                timing = run.train_epoch()
+                per_task[key] = {"epoch": run.epoch, "iteration": run.iteration,
+                                 **run.evaluate(), **timing}
             checkpoint_dir = None
-            delta_bytes = 0
-            if rank == 0:
-                checkpoint_dir = scratch / f"epoch_{epoch + 1}"
-                checkpoint_dir.mkdir()
-                delta_path = checkpoint_dir / DELTA_FILE
-                delta_bytes = save_delta(
-                    delta_path, sparsity.named_pairs(), student.head.state_dict(),
-                    delta_metadata(cfg, assets, epoch + 1),
-                )
-                if is_best:
-                    best_delta = scratch / "best.safetensors"
-                    shutil.copy(delta_path, best_delta)
-                elif best_delta is not None:
-                    shutil.copy(best_delta, checkpoint_dir / BEST_DELTA_FILE)
-                torch.save(
-                    {
-                        "optimizer": optimizer.state_dict(),
-                        "scaler": scaler.state_dict(),
-                        "src_sampler": src_sampler.state_dict(),
-                        "tgt_sampler": tgt_sampler.state_dict(),
-                        "rng": rng_state(generator),
-                        "iteration": iteration,
-                        "epoch": epoch + 1,
-                        "best_acc": best_acc,
-                        "best_epoch": best_epoch,
-                    },
-                    checkpoint_dir / STATE_FILE,
-                )
-            metrics = {
-                "epoch": epoch + 1,
-                "iteration": iteration,
-                "target_acc": best_acc,
-                "best_epoch": best_epoch,
-                **scores,
-                "stored_params": stored_params(changed, student.head),
-                "changed_params": changed,
-                "changed_fraction": changed / sparsity.total,
-                "delta_bytes": delta_bytes,
-                "loss": float(loss_sum) / cfg.iters_per_epoch,
-                "lr": optimizer.param_groups[0]["lr"],
-                "seconds_per_iteration": seconds_per_iteration,
-            }
+            if first.rank == 0:
+                checkpoint_dir = scratch / f"epoch_{first.epoch}"
+                for key, run in runs.items():
+                    per_task[key]["delta_bytes"] = run.save_checkpoint(folder(checkpoint_dir, run.cfg))
+            else:
+                for values in per_task.values():
+                    values["delta_bytes"] = 0
+            metrics = aggregate(per_task)
             reporter(metrics, checkpoint_dir)
             if checkpoint_dir is not None:
                 shutil.rmtree(checkpoint_dir, ignore_errors=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+        for run in runs.values():
+            run.close()
     return metrics
 
 

@@ -2,8 +2,8 @@
 
 One loading path, `open_clip.create_model`, serves every way of naming weights: a tag resolved
 through the Hugging Face cache, a weights file, a `local-dir:` folder or an `hf-hub:` repo. Offline
-clusters are the normal case, so every failure to find weights becomes a `ModelLoadError` that lists
-the three offline ways to supply them.
+clusters are the normal case, so every failure to find weights becomes a `ModelLoadError` that
+lists the three offline ways to supply them.
 
 The student is the CLIP image tower with a new task head; the zero-shot head compares the same
 features with text prototypes computed once. The text tower is released after that: only the
@@ -81,6 +81,8 @@ def load_clip(model_name: str, pretrained: str | None, cache_dir: str | None = N
     schema = _schema(model_name)
     if schema is None:
         _check_architecture(model_name)
+        # open_clip's tokenizer lookup does not accept 'ViT-B/16'; hand it the registry key.
+        model_name = _architecture(model_name)
         pretrained = _check_pretrained(model_name, pretrained)
     elif pretrained is not None:
         # open_clip ignores `pretrained` for these schemas; say so instead of failing, because a
@@ -242,6 +244,13 @@ def _load_failure_message(model_name: str, pretrained: str | None, err: BaseExce
     """Name the request, the cause in one line, and what to do about it."""
     cause = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     what = f"model {model_name!r}" + (f" with pretrained={pretrained!r}" if pretrained else "")
+    if isinstance(err, pickle.UnpicklingError):
+        return (
+            f"cannot load {what}: the file holds pickled Python objects besides tensors, and "
+            "weights are only read with torch.load(weights_only=True) so that a checkpoint cannot "
+            "run code. Re-save just the state dict (torch.save(model.state_dict(), path)) or "
+            f"convert it to safetensors. ({cause})"
+        )
     if "TorchScript" in str(err):
         return (
             f"cannot load {what}: it is a TorchScript archive (the original OpenAI .pt format), "
@@ -343,7 +352,7 @@ def _pooled(out: torch.Tensor | tuple) -> torch.Tensor:
 
 
 class TaskHead(nn.Module):
-    """BatchNorm1d -> LayerNorm -> Linear without bias, on unnormalised features (method.md 2.5)."""
+    """BatchNorm1d -> LayerNorm -> Linear (no bias) on unnormalised features (method.md 2.5)."""
 
     def __init__(self, dim: int, num_classes: int) -> None:
         super().__init__()
