@@ -88,22 +88,7 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
-        problems = []
-        if "{}" not in self.prompt_template:
-            problems.append("prompt_template: must contain '{}' where the class name goes")
-        if self.image_size > self.train_resize + 2 * self.pad:
-            problems.append(
-                f"image_size: {self.image_size} exceeds train_resize + 2*pad "
-                f"({self.train_resize + 2 * self.pad}); the random crop would not fit"
-            )
-        if self.src is not None and self.src == self.tgt:
-            problems.append(f"tgt: equals src ({self.src!r}); adaptation needs two domains")
-        for key in ("src", "tgt"):
-            value = getattr(self, key)
-            if value is not None and self.domains and value not in self.domains:
-                problems.append(f"{key}: {value!r} is not one of the domains {self.domains}")
-        if self.baseline and self.fixmatch:
-            problems.append("fixmatch: source-only training (baseline) has no target terms")
+        problems = consistency_problems(self.model_dump())
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -111,6 +96,38 @@ class TrainConfig(BaseModel):
     @property
     def rst_mode_effective(self) -> str:
         return self.rst_mode if self.rst else "off"
+
+
+def consistency_problems(values: dict[str, Any]) -> list[str]:
+    """Checks across keys. Runs on raw values too (type errors elsewhere must not hide these),
+    so each check tolerates a value of the wrong type by skipping itself."""
+    problems = []
+
+    def get(key: str) -> Any:
+        if key in values:
+            return values[key]
+        return TrainConfig.model_fields[key].get_default(call_default_factory=True)
+
+    template = get("prompt_template")
+    if isinstance(template, str) and "{}" not in template:
+        problems.append("prompt_template: must contain '{}' where the class name goes")
+    try:
+        if int(get("image_size")) > int(get("train_resize")) + 2 * int(get("pad")):
+            problems.append(
+                f"image_size: {get('image_size')} exceeds train_resize + 2*pad; "
+                "the random crop would not fit"
+            )
+    except (TypeError, ValueError):
+        pass
+    src, tgt, domains = get("src"), get("tgt"), get("domains")
+    if src is not None and src == tgt:
+        problems.append(f"tgt: equals src ({src!r}); adaptation needs two domains")
+    for key, value in (("src", src), ("tgt", tgt)):
+        if value is not None and isinstance(domains, list) and domains and value not in domains:
+            problems.append(f"{key}: {value!r} is not one of the domains {domains}")
+    if get("baseline") is True and get("fixmatch") is True:
+        problems.append("fixmatch: source-only training (baseline) has no target terms")
+    return problems
 
 
 def _suggest(key: str) -> str:
@@ -170,7 +187,11 @@ def build_config(
     try:
         cfg = TrainConfig(**merged)
     except ValidationError as err:
-        raise ConfigError(_format_errors(err), source) from None
+        problems = _format_errors(err)
+        # Field errors stop pydantic before the cross-key checks: run those too, so the user
+        # sees every problem at once.
+        problems += [p for p in consistency_problems(merged) if p not in problems]
+        raise ConfigError(problems, source) from None
     return cfg, sections
 
 

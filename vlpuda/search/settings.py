@@ -1,0 +1,321 @@
+"""The `search:` section of a preset, validated into the plan one search runs.
+
+Everything a user can get wrong is checked here, before Ray starts: unknown keys, the space and its
+overrides (bounds, unknown parameters, illegal values), the paper defaults lying inside the space,
+the transfer tasks, the early-stopping grace period and the per-trial resources. Every problem is
+collected and one ConfigError lists them all, each naming its key (`search.num_samples`, ...).
+
+    search:
+      space: cmkd_rst                 # a name from vlpuda.spaces.SPACES
+      space_overrides: {lr: {low: 1e-4, high: 1e-2}}
+      sampler: tpe                    # tpe | nsga2 | random | gp
+      num_samples: 16
+      workers_per_trial: 1            # Ray Train workers (DDP) per trial
+      gpus_per_trial: 0.5             # shared by the trial's workers; fractions pack trials on a GPU
+      early_stopping: {asha: true, grace_period: 5}
+      stored_params_budget: 2.0e+6    # stop (and prune) trials that store more
+      tasks: [[Art, Clipart], [Product, Clipart]]
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from vlpuda.config import TrainConfig, build_config, path_problems
+from vlpuda.errors import ConfigError
+from vlpuda.spaces import SearchSpace, build_space
+
+SEARCH_KEY = "search"
+# The two objectives: names are the metrics contract, modes are Ray's spelling.
+METRICS = ("target_acc", "stored_params")
+MODES = ("max", "min")
+SAMPLERS = ("tpe", "nsga2", "random", "gp")
+MANIFEST = "search.json"
+DEFAULT_SPACE = "cmkd_rst"
+
+
+class EarlyStopping(BaseModel):
+    """ASHA on target_acc. Trials it stops are PRUNED in the study and never reach the front."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    asha: bool = False
+    # Epochs every trial runs before ASHA may stop it; default: a quarter of the budget. Less is
+    # refused: the ramp and the sparsity reset make early accuracy a poor predictor.
+    grace_period: int | None = Field(None, gt=0)
+    reduction_factor: float = Field(3.0, gt=1)
+
+
+class SearchSettings(BaseModel):
+    """The `search:` section as written by the user (after CLI overrides)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    space: str = DEFAULT_SPACE
+    space_overrides: dict[str, Any] = Field(default_factory=dict)
+    sampler: Literal["tpe", "nsga2", "random", "gp"] = "tpe"
+    num_samples: int = Field(16, gt=0)
+    seed: int = 0
+    workers_per_trial: int = Field(1, gt=0)
+    gpus_per_trial: float = Field(0.0, ge=0)
+    cpus_per_worker: float = Field(1.0, gt=0)
+    max_concurrent_trials: int | None = Field(None, gt=0)
+    max_failures: int = Field(1, ge=0)  # retries per trial; a retry resumes from its checkpoint
+    early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
+    stored_params_budget: int | None = Field(None, gt=0)
+    tasks: list[tuple[str, str]] | None = None
+    storage: str | None = None  # Optuna storage URL; default sqlite:///<run_dir>/optuna.db
+    name: str | None = None  # default: the preset's file name
+    run_dir: str | None = None  # default: runs/<name>
+    storage_path: str | None = None  # Ray results; default: <run_dir>/ray
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    """A validated search: what each trial trains, the space, and where everything is stored."""
+
+    settings: SearchSettings
+    tasks: tuple[TrainConfig, ...]  # one config per transfer task, src/tgt set
+    space: SearchSpace
+    defaults_point: dict[str, Any]  # the preset's values of the searched dimensions
+    name: str
+    run_dir: Path
+    storage: str  # Optuna storage URL
+    study_name: str
+    ray_storage: str  # absolute path (or URI) for Tune and Train results
+    source: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict)  # the preset + overrides, for --resume
+
+    @property
+    def epochs(self) -> int:
+        return self.tasks[0].epochs
+
+    @property
+    def grace_period(self) -> int:
+        return self.settings.early_stopping.grace_period or min_grace_period(self.epochs)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What must match for a later search to extend this one's study: trials of different
+        spaces, tasks or budgets are not comparable on one front."""
+        first = self.tasks[0]
+        return {
+            "space": self.space.name,
+            "dimensions": {d.name: d.describe() for d in self.space.dimensions},
+            "tasks": [[t.src, t.tgt] for t in self.tasks],
+            "epochs": first.epochs,
+            "iters_per_epoch": first.iters_per_epoch,
+            "model": first.model,
+            "benchmark": first.benchmark,
+        }
+
+
+def min_grace_period(epochs: int) -> int:
+    """A quarter of the budget, rounded up."""
+    return max(1, math.ceil(epochs / 4))
+
+
+def _format_settings_errors(err: ValidationError) -> list[str]:
+    problems = []
+    for item in err.errors():
+        key = ".".join([SEARCH_KEY, *(str(part) for part in item["loc"])])
+        if item["type"] == "extra_forbidden":
+            problems.append(f"{key}: unknown key; valid: {', '.join(_valid_keys(item['loc']))}")
+        else:
+            problems.append(f"{key}: {item['msg']} (got {item.get('input')!r})")
+    return problems
+
+
+def _valid_keys(loc: tuple) -> list[str]:
+    model = EarlyStopping if loc and loc[0] == "early_stopping" else SearchSettings
+    return list(model.model_fields)
+
+
+def parse_settings(section: Any) -> tuple[SearchSettings | None, list[str]]:
+    """The section as SearchSettings, or None and the problems."""
+    if section is None:
+        section = {}
+    if not isinstance(section, dict):
+        return None, [f"{SEARCH_KEY}: expected a mapping of key: value, got {section!r}"]
+    try:
+        return SearchSettings.model_validate(section), []
+    except ValidationError as err:
+        return None, _format_settings_errors(err)
+
+
+def _task_configs(cfg: TrainConfig, settings: SearchSettings, problems: list[str]
+                  ) -> list[TrainConfig]:
+    if not settings.tasks:
+        if cfg.src is None or cfg.tgt is None:
+            problems.append("src/tgt: a search needs a transfer task: set src and tgt "
+                            "(--src Art --tgt Clipart) or list search.tasks")
+            return []
+        return [cfg]
+    configs, seen = [], set()
+    for i, (src, tgt) in enumerate(settings.tasks):
+        key = f"{SEARCH_KEY}.tasks[{i}]"
+        if (src, tgt) in seen:
+            problems.append(f"{key}: [{src}, {tgt}] is listed twice")
+            continue
+        seen.add((src, tgt))
+        try:
+            task, _ = build_config({**cfg.model_dump(), "src": src, "tgt": tgt})
+        except ConfigError as err:
+            problems.extend(f"{key} ([{src}, {tgt}]): {p}" for p in err.problems)
+            continue
+        configs.append(task)
+    return configs
+
+
+def _resource_problems(settings: SearchSettings, tasks: list[TrainConfig]) -> list[str]:
+    problems = []
+    gpus, workers = settings.gpus_per_trial, settings.workers_per_trial
+    per_worker = gpus / workers
+    if per_worker > 1 and not per_worker.is_integer():
+        problems.append(
+            f"{SEARCH_KEY}.gpus_per_trial: {gpus:g} GPUs over {workers} workers gives "
+            f"{per_worker:g} per worker; give each worker a fraction of one GPU or whole GPUs"
+        )
+    devices = {t.device for t in tasks}
+    if gpus == 0 and "cuda" in devices:
+        problems.append(f"device: 'cuda' but {SEARCH_KEY}.gpus_per_trial is 0, so trials get "
+                        "no GPU; set search.gpus_per_trial (e.g. 1 or 0.5) or device=auto")
+    if gpus > 0 and "cpu" in devices:
+        problems.append(f"{SEARCH_KEY}.gpus_per_trial: trials reserve {gpus:g} GPU but device is "
+                        "'cpu'; set device=auto (or cuda) or gpus_per_trial: 0")
+    return problems
+
+
+def _early_stopping_problems(settings: SearchSettings, epochs: int) -> list[str]:
+    stopping = settings.early_stopping
+    if not stopping.asha or stopping.grace_period is None:
+        return []
+    key, least = f"{SEARCH_KEY}.early_stopping.grace_period", min_grace_period(epochs)
+    if stopping.grace_period < least:
+        return [f"{key}: {stopping.grace_period} epochs is less than a quarter of the budget "
+                f"(epochs={epochs}); early accuracy under the ramp and the sparsity reset says "
+                f"little about the final one: use at least {least}"]
+    if stopping.grace_period > epochs:
+        return [f"{key}: {stopping.grace_period} exceeds epochs={epochs}; nothing could be "
+                "stopped early (set early_stopping.asha: false instead)"]
+    return []
+
+
+def _space_and_defaults(cfg: TrainConfig, settings: SearchSettings, source: str | None,
+                        problems: list[str]) -> tuple[SearchSpace | None, dict[str, Any]]:
+    try:
+        space = build_space(settings.space, settings.space_overrides, source)
+    except ConfigError as err:
+        problems.extend(err.problems)
+        return None, {}
+    try:
+        point = space.defaults_point(cfg.model_dump(), source)
+    except ConfigError as err:
+        problems.extend(err.problems)
+        return space, {}
+    return space, point
+
+
+def _trial_config_problems(tasks: list[TrainConfig], space: SearchSpace,
+                           point: dict[str, Any]) -> list[str]:
+    """The defaults point, as a trial would receive it, must be a valid training config."""
+    from vlpuda.trainables.params import apply_params
+
+    config = dict(space.constants)
+    config.update({d.name: d.value for d in space.dimensions if not d.searched})
+    config.update(point)
+    problems = []
+    for task in tasks[:1]:
+        try:
+            apply_params(task, config)
+        except ValidationError as err:
+            problems.extend(f"{SEARCH_KEY}.space ({space.name}): its trials would get an invalid "
+                            f"config: {e['loc']}: {e['msg']}" for e in err.errors())
+    return problems
+
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def _locations(settings: SearchSettings, source: str | None, problems: list[str]
+               ) -> tuple[str, Path, str, str]:
+    name = settings.name or (Path(source).stem if source else "search")
+    if not _NAME.match(name):
+        problems.append(f"{SEARCH_KEY}.name: {name!r} must be letters, digits, '_', '.' or '-'")
+    run_dir = Path(settings.run_dir or Path("runs") / name).expanduser().resolve()
+    storage = settings.storage or f"sqlite:///{run_dir / 'optuna.db'}"
+    if "://" not in storage:
+        problems.append(f"{SEARCH_KEY}.storage: {storage!r} is not a database URL "
+                        "(e.g. sqlite:////abs/path/optuna.db or postgresql://user@host/db)")
+    if settings.storage_path and "://" in settings.storage_path:
+        ray_storage = settings.storage_path  # s3://, gs://: shared storage for a cluster
+    else:
+        # Ray needs an absolute path: a relative one is resolved against each process's cwd.
+        ray_storage = str(Path(settings.storage_path or run_dir / "ray").expanduser().resolve())
+    return name, run_dir, storage, ray_storage
+
+
+def build_plan(
+    raw: dict[str, Any],
+    train_overrides: dict[str, Any] | None = None,
+    search_overrides: dict[str, Any] | None = None,
+    source: str | None = None,
+    *,
+    check_paths: bool = True,
+) -> SearchPlan:
+    """Validate a preset (plus overrides) into a SearchPlan.
+
+    Raises:
+        ConfigError: for a bad training config, or listing every problem of the search section
+            (and, with `check_paths`, missing data folders).
+    """
+    cfg, sections = build_config(raw, train_overrides, source)
+    section = sections.get(SEARCH_KEY) or {}
+    if isinstance(section, dict):
+        section = {**section, **(search_overrides or {})}
+    settings, problems = parse_settings(section)
+    if settings is None:
+        raise ConfigError(problems, source)
+    tasks = _task_configs(cfg, settings, problems)
+    space, point = _space_and_defaults(cfg, settings, source, problems)
+    if tasks:
+        problems += _early_stopping_problems(settings, tasks[0].epochs)
+        problems += _resource_problems(settings, tasks)
+        if space is not None and not problems:
+            problems += _trial_config_problems(tasks, space, point)
+        if check_paths:
+            for task in tasks:
+                problems += path_problems(task)
+    name, run_dir, storage, ray_storage = _locations(settings, source, problems)
+    if problems:
+        raise ConfigError(list(dict.fromkeys(problems)), source)
+    assert space is not None
+    merged = {**raw, **(train_overrides or {})}
+    merged[SEARCH_KEY] = section
+    return SearchPlan(settings, tuple(tasks), space, point, name, run_dir, storage, name,
+                      ray_storage, source, merged)
+
+
+def describe_plan(plan: SearchPlan) -> list[str]:
+    """A few lines saying what the search will do, for the CLI."""
+    s = plan.settings
+    tasks = ", ".join(f"{t.src} -> {t.tgt}" for t in plan.tasks)
+    stopping = (f"ASHA on target_acc (grace {plan.grace_period} of {plan.epochs} epochs)"
+                if s.early_stopping.asha else "none (every trial runs all epochs)")
+    if s.stored_params_budget:
+        stopping += f"; stop above {s.stored_params_budget:,} stored parameters"
+    return [
+        f"search {plan.name}: {s.num_samples} trials, sampler {s.sampler}, space {plan.space.name}",
+        f"  tasks: {tasks}; {plan.epochs} epochs x {plan.tasks[0].iters_per_epoch} iterations",
+        f"  per trial: {s.workers_per_trial} worker(s) x {s.cpus_per_worker:g} CPU"
+        + (f", {s.gpus_per_trial:g} GPU" if s.gpus_per_trial else ""),
+        f"  early stopping: {stopping}",
+        f"  run dir: {plan.run_dir}",
+        f"  study: {plan.study_name} in {plan.storage}",
+        *[f"    {line}" for line in plan.space.describe()],
+    ]
