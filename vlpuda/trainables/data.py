@@ -136,7 +136,11 @@ def _classes_from_dirs(list_file: Path, samples: list[Sample]) -> list[str]:
 def read_image_list(
     list_file: Path, root: Path, classes: list[str] | None = None
 ) -> tuple[list[str], list[Sample]]:
-    """Read an Office-31/TLlib list: one '<path relative to root> <label>' per line."""
+    """Read an Office-31/TLlib list: one '<path relative to root> <label>' per line.
+
+    Without `classes`, each label is named after the folder its images sit in and labels must
+    run 0..C-1; with `classes`, labels only have to index into it (a list may skip classes).
+    """
     list_file, root = Path(list_file), Path(root)
     if not list_file.is_file():
         raise DataError(f"image list {list_file} does not exist; check the path in the config")
@@ -262,7 +266,9 @@ def _decode_into(
             pass
 
 
-def _cache_key(classes: list[str], samples: list[Sample], train_resize: int, image_size: int) -> str:
+def _cache_key(
+    classes: list[str], samples: list[Sample], train_resize: int, image_size: int
+) -> str:
     # Keyed on the listed order (arrays are stored in that order) and on each file's size and
     # mtime, so an edited or replaced image invalidates the cache without hashing pixels.
     h = hashlib.sha256()
@@ -272,7 +278,8 @@ def _cache_key(classes: list[str], samples: list[Sample], train_resize: int, ima
             st = os.stat(s.path)
         except OSError as exc:
             raise DataError(f"cannot read image {s.path} ({exc}); check that it exists") from exc
-        h.update(f"\n{os.path.abspath(s.path)}\t{s.label}\t{st.st_size}\t{st.st_mtime_ns}".encode())
+        entry = (os.path.abspath(s.path), s.label, st.st_size, st.st_mtime_ns)
+        h.update(("\n" + "\t".join(map(str, entry))).encode())
     return h.hexdigest()
 
 
@@ -283,10 +290,13 @@ def _load_cached(entry: Path, n: int, sizes: list[int]) -> list[np.ndarray]:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
         if arr.shape != (n, size, size, 3) or arr.dtype != np.uint8:
             raise DataError(
-                f"decoded-image cache {path} has shape {arr.shape}, expected {(n, size, size, 3)}; "
-                f"delete the folder {entry} and run again"
+                f"decoded-image cache {path} has shape {arr.shape}, expected "
+                f"{(n, size, size, 3)}; delete the folder {entry} and run again"
             )
-        arrays.append(arr)
+        # A plain ndarray view of the memmap, not the memmap itself: np.memmap pickles its bytes
+        # in-band, whereas an ndarray pickles (protocol 5) as an out-of-band buffer, which Ray's
+        # object store then shares zero-copy between workers. Pages still load lazily.
+        arrays.append(np.asarray(arr))
     return arrays
 
 
@@ -451,7 +461,7 @@ def train_views(
     return _to_float_chw(out)
 
 
-def test_views(images: torch.Tensor) -> torch.Tensor:
+def eval_views(images: torch.Tensor) -> torch.Tensor:
     """uint8 (B, T, T, 3) -> float (B, 3, T, T) in [0, 1]; test images are already squashed."""
     return _to_float_chw(images)
 

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 from vlpuda.errors import DataError
-from vlpuda.trainables.data import InfiniteSampler, normalize, test_views, train_views
+from vlpuda.trainables.data import InfiniteSampler, normalize, eval_views, train_views
 
 DEMO_DOMAINS = ("MNIST", "MNIST-M", "Printed")
 DEMO_TEMPLATE = 'a photo of the number: "{}"'
@@ -65,7 +65,9 @@ TEACHER_MODEL_CFG: dict = {
     "vision_cfg": {"image_size": IMAGE_SIZE, "layers": [1, 1, 1, 1], "width": 32},
     "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 2},
 }
-TEACHER_PREPROCESS_CFG: dict = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "size": IMAGE_SIZE}
+TEACHER_PREPROCESS_CFG: dict = {
+    "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "size": IMAGE_SIZE
+}
 TEACHER_WEIGHTS = "open_clip_model.safetensors"
 ZERO_SHOT_FILE = "zero_shot.json"
 
@@ -288,7 +290,7 @@ def zero_shot_accuracy(
     text_f = model.encode_text(text_tokens, normalize=True)
     correct = 0
     for start in range(0, len(labels), batch_size):
-        x = test_views(torch.from_numpy(images[start : start + batch_size]))
+        x = eval_views(torch.from_numpy(images[start : start + batch_size]))
         x = normalize(x, TEACHER_PREPROCESS_CFG["mean"], TEACHER_PREPROCESS_CFG["std"])
         pred = (model.encode_image(x, normalize=True) @ text_f.T).argmax(dim=1)
         correct += int((pred.numpy() == labels[start : start + batch_size]).sum())
@@ -326,7 +328,7 @@ def train_teacher(
                 for name, arrays in eval_sets.items()}
     summary = {
         "zero_shot_accuracy_percent": accuracy,
-        "logit_scale": round(float(loaded.logit_scale.exp()), 4),
+        "logit_scale": round(loaded.logit_scale.exp().item(), 4),
         "template": DEMO_TEMPLATE,
         "teacher_steps": steps,
         "seed": seed,

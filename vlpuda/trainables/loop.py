@@ -12,6 +12,7 @@ Metrics (a contract across Tune, Optuna, MLflow and the CLI; accuracies in perce
   proxy_clip_agreement  label-free: % of target images where task head and CLIP head agree
   stored_params    nnz(w - w0) over the visual tower + head parameters (the paper's DSP)
   delta_bytes      size of the delta artifact on disk
+  train_started_at wall-clock time (s since the epoch) of this process's first training step
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from vlpuda.trainables.data import (
     InfiniteSampler,
     normalize,
     strong_views,
-    test_views,
+    eval_views,
     train_views,
 )
 from vlpuda.trainables.losses import LossWeights, cmkd_terms, fixmatch_term, ramp
@@ -148,7 +149,7 @@ def evaluate(
         images = torch.from_numpy(np.asarray(domain.test_images[chunk])).to(device)
         labels = torch.from_numpy(np.asarray(domain.labels[chunk])).to(device)
         with autocast:
-            ((task_logits, clip_logits),) = student(normalize(test_views(images), mean, std))
+            ((task_logits, clip_logits),) = student(normalize(eval_views(images), mean, std))
         probs = task_logits.float().softmax(dim=1)
         task_pred, clip_pred = task_logits.argmax(dim=1), clip_logits.argmax(dim=1)
         entropy = -(probs * probs.clamp_min(1e-12).log()).sum(dim=1)
@@ -448,6 +449,8 @@ def train(
     first = next(iter(runs.values()))
     scratch = Path(tempfile.mkdtemp(prefix="vlpuda-ckpt-"))
     metrics: dict[str, Any] = {}
+    # Wall clock at the first step: a search measures each trial's start-up overhead against it.
+    train_started_at = time.time()
     try:
         while first.epoch < cfgs[0].epochs:
             per_task = {}
@@ -463,7 +466,7 @@ def train(
             else:
                 for values in per_task.values():
                     values["delta_bytes"] = 0
-            metrics = aggregate(per_task)
+            metrics = {**aggregate(per_task), "train_started_at": train_started_at}
             reporter(metrics, checkpoint_dir)
             if checkpoint_dir is not None:
                 shutil.rmtree(checkpoint_dir, ignore_errors=True)

@@ -1,0 +1,143 @@
+"""Trainer step time against a bare open_clip training step, measured in the same run.
+
+    python benchmarks/step_time.py                       # CPU: both tiny test architectures
+    python benchmarks/step_time.py --models RN50 ViT-B-16 --image-size 224 --device cuda
+
+For each model it times
+  bare     open_clip image tower forward + backward + SGD step on the same 32 + 32 images
+           (one batch of 64 through a linear classifier: the least work any trainer must do),
+  trainer  vlpuda's CMKD + RST iteration (two forwards of 32 through the task and CLIP heads,
+           the CMKD terms, SGD Nesterov, the RST reset, data sampling and augmentation),
+  reset    the RST reset alone,
+and prints bare/trainer (1.0 = no overhead) and the reset's share of a trainer step. Random-init
+weights: speed does not depend on the weights. Images are synthetic uint8 arrays in memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import open_clip  # noqa: E402
+import torch  # noqa: E402
+
+from vlpuda.config import build_config  # noqa: E402
+from vlpuda.trainables.assets import TaskAssets  # noqa: E402
+from vlpuda.trainables.data import decoded_from_arrays  # noqa: E402
+from vlpuda.trainables.loop import TaskRun  # noqa: E402
+
+TINY_CONFIGS = Path(__file__).resolve().parents[1] / "tests" / "model_configs"
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, repeats: int, device: torch.device) -> float:
+    """Median seconds per call after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def synthetic_assets(num_classes: int, dim: int, size: int, n: int = 256) -> TaskAssets:
+    rng = np.random.default_rng(0)
+    classes = [f"class_{i}" for i in range(num_classes)]
+
+    def domain(name: str):
+        images = rng.integers(0, 256, size=(n, size, size, 3), dtype=np.uint8)
+        labels = rng.integers(0, num_classes, size=n).astype(np.int64)
+        return decoded_from_arrays(name, classes, labels, images, images)
+
+    prototypes = rng.standard_normal((num_classes, dim)).astype(np.float32)
+    prototypes /= np.linalg.norm(prototypes, axis=1, keepdims=True)
+    return TaskAssets(classes, domain("source"), domain("target"), prototypes,
+                      (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 100.0)
+
+
+def bare_step_fn(model_name: str, size: int, batch: int, num_classes: int, device):
+    visual = open_clip.create_model(model_name).visual.to(device).train()
+    images = torch.randn(2 * batch, 3, size, size, device=device)
+    labels = torch.randint(0, num_classes, (2 * batch,), device=device)
+    dim = visual(images[:2]).shape[-1]
+    head = torch.nn.Linear(dim, num_classes).to(device)
+    params = list(visual.parameters()) + list(head.parameters())
+    optimizer = torch.optim.SGD(params, lr=1e-6, momentum=0.9, nesterov=True, weight_decay=5e-4)
+
+    def step():
+        loss = torch.nn.functional.cross_entropy(head(visual(images)), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step, dim
+
+
+def measure(model_name: str, size: int, batch: int, repeats: int, device, precision: str) -> dict:
+    num_classes = 65
+    torch.manual_seed(0)
+    bare, dim = bare_step_fn(model_name, size, batch, num_classes, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    bare_seconds = timed(bare, repeats, device)
+    bare_memory = torch.cuda.max_memory_allocated() if device.type == "cuda" else 0
+
+    cfg, _ = build_config({
+        "model": model_name, "pretrained": None, "train_resize": size, "image_size": size,
+        "batch_size": batch, "target_batch_size": batch, "iters_per_epoch": 1, "epochs": 1,
+        "rst": True, "rst_threshold": 1e-6, "precision": precision, "device": device.type,
+    })
+    run = TaskRun(cfg, synthetic_assets(num_classes, dim, size), device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    trainer_seconds = timed(run.train_epoch, repeats, device)
+    trainer_memory = torch.cuda.max_memory_allocated() if device.type == "cuda" else 0
+    reset_seconds = timed(run.sparsity.reset_, repeats, device)
+    run.close()
+    return {
+        "model": model_name, "image_size": size, "batch": f"{batch}+{batch}",
+        "bare_ms": 1000 * bare_seconds, "trainer_ms": 1000 * trainer_seconds,
+        "bare_over_trainer": bare_seconds / trainer_seconds,
+        "rst_reset_share": reset_seconds / trainer_seconds,
+        "trainer_images_per_s": 2 * batch / trainer_seconds,
+        "bare_peak_gib": bare_memory / 2**30, "trainer_peak_gib": trainer_memory / 2**30,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["tiny-vit-test", "tiny-rn-test"])
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "amp_bf16"])
+    args = parser.parse_args()
+    for config in TINY_CONFIGS.glob("*.json"):
+        open_clip.add_model_config(config)
+    device = torch.device(args.device)
+    machine = torch.cuda.get_device_name() if device.type == "cuda" else (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
+    print(f"# {machine}; torch {torch.__version__}; precision {args.precision}")
+    for name in args.models:
+        row = measure(name, args.image_size, args.batch, args.repeats, device, args.precision)
+        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,163 @@
+"""One search trial: a Tune function trainable that runs the training loop on N Ray Train workers.
+
+Ray 2.60 runs Train V2, where `Tuner(TorchTrainer)` no longer works (research/ray_stack.md
+section 1). So each Tune trial is a small driver: it builds the trial's training configs from its
+hyperparameters and launches a `TorchTrainer` whose workers run `vlpuda.trainables.loop.train`:
+
+* DDP: the loop wraps the Student in DistributedDataParallel when torch.distributed is up (Ray
+  Train brings it up: gloo on CPU, NCCL on GPU) and all-reduces the evaluation.
+* Checkpoints: rank 0 writes them; every rank calls `ray.train.report` (a barrier), and
+  `TuneReportCallback` forwards rank 0's metrics to Tune, one Tune result per epoch.
+* Retries: the Train run is named after the Tune trial id, so a retried (or resumed) trial finds
+  its last checkpoint through `ray.train.get_checkpoint()` and continues from there.
+* Shared data: decoded images and text prototypes arrive as object-store references (numpy,
+  zero-copy on a node), resolved with `ray.get` in each worker, never copied into the config.
+
+`ray.tune.*` is used in the trial driver and `ray.train.*` in the workers: calling the other from
+the wrong side raises.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.train
+import ray.train.torch
+import ray.tune
+from ray.train.torch import TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from vlpuda.config import TrainConfig
+from vlpuda.trainables.params import apply_params
+
+# The last epoch's metrics, written into every checkpoint: a trial resumed after its final epoch
+# has nothing left to train but must still report its result.
+METRICS_FILE = "metrics.json"
+
+
+@dataclass(frozen=True)
+class TrialSetup:
+    """What every trial of a search shares besides the data: small, pickled with the trainable.
+
+    Attributes:
+        tasks: one resolved training config per transfer task, as dicts.
+        num_workers: Ray Train workers (DDP processes) per trial.
+        cpus_per_worker: logical CPUs each worker reserves.
+        gpus_per_trial: GPUs the trial's workers share (0.5: two trials per GPU).
+        storage_path: absolute path or URI where Train runs keep their checkpoints.
+        keep_checkpoints: checkpoints kept per trial (the latest ones).
+    """
+
+    tasks: tuple[dict[str, Any], ...]
+    num_workers: int
+    cpus_per_worker: float
+    gpus_per_trial: float
+    storage_path: str
+    keep_checkpoints: int = 1
+
+    def scaling_config(self) -> ray.train.ScalingConfig:
+        resources: dict[str, float] = {"CPU": self.cpus_per_worker}
+        if self.gpus_per_trial > 0:
+            resources["GPU"] = self.gpus_per_trial / self.num_workers
+        return ray.train.ScalingConfig(num_workers=self.num_workers,
+                                       use_gpu=self.gpus_per_trial > 0,
+                                       resources_per_worker=resources)
+
+
+def train_run_name(trial_id: str) -> str:
+    """Deterministic per Tune trial, so Train resumes a retried trial from its checkpoint."""
+    return f"train-trial_id={trial_id}"
+
+
+def trial_configs(setup: TrialSetup, params: dict[str, Any]) -> list[TrainConfig]:
+    """Each task's training config with the trial's hyperparameters applied."""
+    return [apply_params(TrainConfig.model_validate(task), params) for task in setup.tasks]
+
+
+def run_trial(config: dict[str, Any], *, setup: TrialSetup, assets: list[Any]) -> None:
+    """The Tune function trainable: one trial = one TorchTrainer run.
+
+    Args:
+        config: the trial's hyperparameters, as the search space suggested them.
+        setup: everything the search's trials share (bound with functools.partial).
+        assets: one object-store reference to a TaskAssets per task.
+    """
+    trial_id = ray.tune.get_context().get_trial_id()
+    configs = trial_configs(setup, config)
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={
+            "configs": [c.model_dump() for c in configs],
+            "assets": list(assets),  # references: each worker resolves them itself
+            "trial_started_at": time.time(),
+        },
+        scaling_config=setup.scaling_config(),
+        run_config=ray.train.RunConfig(
+            name=train_run_name(trial_id),
+            storage_path=setup.storage_path,
+            callbacks=[TuneReportCallback()],
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=setup.keep_checkpoints),
+            # Train's INFO lines (every report, with all metrics) would drown the search's own
+            # one line per epoch; warnings and errors still show.
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+        ),
+    )
+    trainer.fit()
+
+
+class RayTrainReporter:
+    """The loop's Reporter inside a Ray Train worker: every rank reports each epoch (a barrier);
+    rank 0 attaches the checkpoint directory the loop wrote."""
+
+    def __init__(self, trial_started_at: float) -> None:
+        self.trial_started_at = trial_started_at
+
+    def __call__(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        metrics = {**metrics, "trial_started_at": self.trial_started_at,
+                   "workers": ray.train.get_context().get_world_size()}
+        checkpoint = None
+        if checkpoint_dir is not None:
+            (Path(checkpoint_dir) / METRICS_FILE).write_text(json.dumps(metrics))
+            checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir)
+        # Synchronous upload: the loop deletes checkpoint_dir as soon as this returns.
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def _finished_metrics(directory: Path, epochs: int) -> dict[str, Any] | None:
+    """The metrics saved with a checkpoint, when that checkpoint is the run's last epoch."""
+    path = directory / METRICS_FILE
+    if not path.is_file():
+        return None
+    metrics = json.loads(path.read_text())
+    return metrics if metrics.get("epoch", 0) >= epochs else None
+
+
+def train_worker(loop_config: dict[str, Any]) -> None:
+    """The Ray Train worker function: resolve the shared assets, resume if a checkpoint exists,
+    and run the training loop with a Ray reporter."""
+    from vlpuda.trainables.loop import train
+
+    # open_clip announces each loading step at INFO, in every worker of every trial.
+    logging.getLogger().setLevel(logging.WARNING)
+    configs = [TrainConfig.model_validate(c) for c in loop_config["configs"]]
+    assets = [ray.get(ref) for ref in loop_config["assets"]]
+    reporter = RayTrainReporter(loop_config["trial_started_at"])
+    device = ray.train.torch.get_device()
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        train(configs, assets, reporter=reporter, device=device)
+        return
+    with checkpoint.as_directory() as directory:
+        finished = _finished_metrics(Path(directory), configs[0].epochs)
+        if finished is not None:
+            # Every epoch is done (the trial was interrupted after its last report): report the
+            # result again so Tune and Optuna see the trial complete.
+            ray.train.report({**finished, "checkpoint_path": checkpoint.path})
+            return
+        train(configs, assets, reporter=reporter, resume_from=Path(directory), device=device)
