@@ -22,12 +22,12 @@ from safetensors.torch import save_file
 from torch import nn
 
 from vlpuda.errors import ModelLoadError
+from vlpuda.trainables.rst import stored_params
 from vlpuda.trainables.models import (
     LoadedClip,
     Student,
     TaskHead,
     class_prompt_name,
-    count_head_params,
     feature_dim,
     load_clip,
     text_prototypes,
@@ -337,7 +337,7 @@ def test_task_head_init_and_stored_params() -> None:
     assert torch.equal(head.bn.bias, torch.zeros(dim)) and not head.bn.bias.requires_grad
     assert head.ln.eps == 1e-6
     assert torch.equal(head.ln.weight, torch.ones(dim))
-    assert count_head_params(head) == 4 * dim + dim * classes
+    assert stored_params(0, head) == 4 * dim + dim * classes
 
 
 def test_frozen_head_bias_stays_zero() -> None:

@@ -415,8 +415,3 @@ class Student(nn.Module):
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.eval()
         return self
-
-
-def count_head_params(head: TaskHead) -> int:
-    """Stored parameters of the head: 4d + dC, the frozen BN bias included."""
-    return sum(p.numel() for p in head.parameters())
