@@ -61,3 +61,18 @@ def tiny_train_overrides(data_dir: Path, model: str, out_dir: Path) -> dict:
         "eval_batch_size": 16, "device": "cpu", "out_dir": str(out_dir),
         "image_cache_dir": str(out_dir.parent / "image-cache"),
     }
+
+
+HUB_REVISION = "0123456789abcdef0123456789abcdef01234567"
+
+
+def seed_hub_repo(cache: Path, repo: str, config: dict, state: dict[str, torch.Tensor]) -> None:
+    """The layout huggingface_hub reads offline: refs/main -> snapshots/<revision>/files."""
+    org, name = repo.split("/")
+    root = cache / f"models--{org}--{name}"
+    (root / "refs").mkdir(parents=True)
+    (root / "refs" / "main").write_text(HUB_REVISION)
+    snapshot = root / "snapshots" / HUB_REVISION
+    snapshot.mkdir(parents=True)
+    (snapshot / "open_clip_config.json").write_text(json.dumps(config))
+    save_file(state, str(snapshot / "open_clip_model.safetensors"))

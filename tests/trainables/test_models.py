@@ -17,6 +17,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from open_clip.pretrained import _pcfg
+
+from helpers import seed_hub_repo
 from open_clip.transformer import QuickGELU
 from safetensors.torch import save_file
 from torch import nn
@@ -34,7 +36,6 @@ from vlpuda.trainables.models import (
     visual_tower,
 )
 
-REVISION = "0123456789abcdef0123456789abcdef01234567"
 CLASSES = ["Alarm_Clock", "Bike", "Desk_Lamp", "The_Eiffel_Tower"]
 TEMPLATE = "an image of a {}"
 
@@ -67,18 +68,6 @@ def _open_clip_config(name: str, mean: list[float], std: list[float]) -> dict:
         "model_cfg": open_clip.get_model_config(name),
         "preprocess_cfg": {"mean": mean, "std": std},
     }
-
-
-def _seed_hub_repo(cache: Path, repo: str, config: dict, state: dict[str, torch.Tensor]) -> None:
-    """The layout huggingface_hub reads offline: refs/main -> snapshots/<revision>/files."""
-    org, name = repo.split("/")
-    root = cache / f"models--{org}--{name}"
-    (root / "refs").mkdir(parents=True)
-    (root / "refs" / "main").write_text(REVISION)
-    snapshot = root / "snapshots" / REVISION
-    snapshot.mkdir(parents=True)
-    (snapshot / "open_clip_config.json").write_text(json.dumps(config))
-    save_file(state, str(snapshot / "open_clip_model.safetensors"))
 
 
 def _gelu_variant(monkeypatch: pytest.MonkeyPatch, name: str) -> str:
@@ -191,7 +180,7 @@ def test_openai_tag_from_seeded_cache_forces_quick_gelu(
     tag = {"openai": _pcfg(hf_hub=f"{repo}/", quick_gelu=True)}
     monkeypatch.setitem(open_clip.pretrained._PRETRAINED, variant, tag)
     state = _reference_state(variant)
-    _seed_hub_repo(tmp_path, repo, _open_clip_config(variant, [0.1] * 3, [0.9] * 3), state)
+    seed_hub_repo(tmp_path, repo, _open_clip_config(variant, [0.1] * 3, [0.9] * 3), state)
     assert huggingface_hub.constants.HF_HUB_OFFLINE
 
     result = load_clip(variant, "openai", cache_dir=str(tmp_path))
@@ -209,7 +198,7 @@ def test_hf_hub_repo_from_seeded_cache(tiny_model_name: str, tmp_path: Path) -> 
     state = _reference_state(tiny_model_name)
     mean, std = [0.3, 0.3, 0.3], [0.6, 0.6, 0.6]
     config = _open_clip_config(tiny_model_name, mean, std)
-    _seed_hub_repo(tmp_path, "local/tiny-clip", config, state)
+    seed_hub_repo(tmp_path, "local/tiny-clip", config, state)
 
     result = load_clip("hf-hub:local/tiny-clip", None, cache_dir=str(tmp_path))
 

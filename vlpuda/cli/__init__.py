@@ -9,7 +9,7 @@ import sys
 from vlpuda.errors import VlpudaError
 
 # Each subcommand lives in its own small module with add_parser(subparsers) and run(args).
-SUBCOMMANDS = ("train", "evaluate", "validate")
+SUBCOMMANDS = ("train", "evaluate", "validate", "search", "pareto", "prefetch")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,10 +27,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Without it huggingface_hub retries a missing download for ~47 s before failing; users with
-    # internet who want downloads set HF_HUB_OFFLINE=0 explicitly.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args = build_parser().parse_args(argv)
+    if args.command != "prefetch":
+        # Weights come from the cache (filled by `vlpuda prefetch`): without this,
+        # huggingface_hub retries a missing file for ~47 s before failing. Set HF_HUB_OFFLINE=0
+        # to let any command download.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         return int(args.run(args) or 0)
     except VlpudaError as err:
