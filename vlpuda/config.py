@@ -63,6 +63,8 @@ class TrainConfig(BaseModel):
     seed: int = 42
     precision: Literal["fp32", "amp_bf16", "amp_fp16"] = "fp32"
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    channels_last: bool | None = None  # None: on for ResNet towers on a GPU (faster convolutions)
+    compile: bool = False  # torch.compile the training forward (first steps pay the compile)
 
     # CMKD (method.md 3)
     baseline: bool = False  # source-only fine-tuning: no transfer terms

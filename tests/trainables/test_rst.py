@@ -137,3 +137,37 @@ def test_delta_errors(tmp_path):
         load_delta(other)
     with pytest.raises(DeltaError, match="does not exist"):
         load_delta(tmp_path / "missing.safetensors")
+
+
+def test_delta_applies_to_a_channels_last_tower(tmp_path):
+    visual = visual_tower("tiny-rn-test")
+    sparsity = ResidualSparsity(visual, "threshold", threshold=1e-4)
+    sgd_steps(visual, sparsity, steps=2, lr=1e-2)
+    save_delta(tmp_path / "d.safetensors", sparsity.named_pairs(), {}, {})
+    fresh = visual_tower("tiny-rn-test").to(memory_format=torch.channels_last)
+    apply_delta_(fresh, load_delta(tmp_path / "d.safetensors"))
+    assert all(torch.equal(a, b) for a, b in zip(visual.parameters(), fresh.parameters()))
+
+
+def test_tiny_threshold_still_acts_under_bf16_autocast():
+    """Autocast computes in bf16 but the weights, their updates and the reset stay fp32: an
+    update of ~1e-7 survives a threshold of 1e-8 (a bf16 model could not even represent it)."""
+    visual = visual_tower("tiny-vit-test")
+    tau = 1e-8
+    sparsity = ResidualSparsity(visual, "threshold", threshold=tau)
+    optimizer = torch.optim.SGD(visual.parameters(), lr=1e-6, momentum=0.9, nesterov=True)
+    images = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    for _ in range(3):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = visual(images).float().pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        sparsity.reset_()
+    assert all(p.dtype == torch.float32 for p in visual.parameters())
+    changed = sparsity.changed()
+    assert 0 < changed < sparsity.total
+    for _, weight, w0 in sparsity.named_pairs():
+        assert bool(((weight == w0) | ((weight - w0).abs() > tau)).all())
+    moved = torch.cat([(w - w0).abs().flatten() for _, w, w0 in sparsity.named_pairs()])
+    assert moved[moved > 0].min() < 1e-5  # tiny updates really were kept, not only large ones

@@ -214,8 +214,11 @@ def apply_delta_(visual: nn.Module, artifact: DeltaArtifact) -> None:
         target = params[name]
         if list(target.shape) != shapes.get(name, list(target.shape)):
             raise DeltaError(f"delta tensor {name} has shape {shapes[name]}, model {list(target.shape)}")
-        flat = target.data.view(-1)
+        # Work on a logically ordered flat copy, then copy back: the tower may be stored in
+        # channels_last, where a flat view of the storage is not the logical order.
+        flat = target.data.reshape(-1).clone()
         if index is None:
             flat.copy_(values.to(flat.device, flat.dtype))
         else:
             flat[index.to(flat.device)] = values.to(flat.device, flat.dtype)
+        target.data.copy_(flat.view(target.shape))
