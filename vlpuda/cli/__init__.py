@@ -9,7 +9,7 @@ import sys
 from vlpuda.errors import VlpudaError
 
 # Each subcommand lives in its own small module with add_parser(subparsers) and run(args).
-SUBCOMMANDS = ("train", "evaluate", "validate", "search", "pareto", "prefetch")
+SUBCOMMANDS = ("train", "evaluate", "validate", "search", "pareto", "prefetch", "sync", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:

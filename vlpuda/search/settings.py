@@ -11,7 +11,7 @@ collected and one ConfigError lists them all, each naming its key (`search.num_s
       sampler: tpe                    # tpe | nsga2 | random | gp
       num_samples: 16
       workers_per_trial: 1            # Ray Train workers (DDP) per trial
-      gpus_per_trial: 0.5             # shared by the trial's workers; fractions pack trials on a GPU
+      gpus_per_trial: 0.5             # shared by a trial's workers; fractions share a GPU
       early_stopping: {asha: true, grace_period: 5}
       stored_params_budget: 2.0e+6    # stop (and prune) trials that store more
       tasks: [[Art, Clipart], [Product, Clipart]]
@@ -37,6 +37,10 @@ METRICS = ("target_acc", "stored_params")
 MODES = ("max", "min")
 SAMPLERS = ("tpe", "nsga2", "random", "gp")
 MANIFEST = "search.json"
+# Settings that do not change what a trial computes (or that a task sets): a search may change
+# them and still extend an earlier study.
+NOT_IN_FINGERPRINT = {"src", "tgt", "data_dir", "cache_dir", "image_cache_dir", "out_dir",
+                      "device", "eval_batch_size"}
 DEFAULT_SPACE = "cmkd_rst"
 
 
@@ -101,18 +105,41 @@ class SearchPlan:
         return self.settings.early_stopping.grace_period or min_grace_period(self.epochs)
 
     def fingerprint(self) -> dict[str, Any]:
-        """What must match for a later search to extend this one's study: trials of different
-        spaces, tasks or budgets are not comparable on one front."""
-        first = self.tasks[0]
-        return {
-            "space": self.space.name,
-            "dimensions": {d.name: d.describe() for d in self.space.dimensions},
-            "tasks": [[t.src, t.tgt] for t in self.tasks],
-            "epochs": first.epochs,
-            "iters_per_epoch": first.iters_per_epoch,
-            "model": first.model,
-            "benchmark": first.benchmark,
-        }
+        """What must match for a later search to extend this one's study: the tasks and every
+        training setting that trials do not set themselves. Trials differing only in searched
+        values (another space, other bounds) share a front; trials with other epochs, tasks or
+        model do not."""
+        trial_set = {*self.space.names, *self.space.constants, "rst_threshold"}
+        fixed = {key: value for key, value in self.tasks[0].model_dump().items()
+                 if key not in trial_set and key not in NOT_IN_FINGERPRINT}
+        return {"tasks": [[t.src, t.tgt] for t in self.tasks], **fixed}
+
+
+def split_overrides(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Training overrides and `search.<key>` overrides (`search.early_stopping.asha=true`)."""
+    train: dict[str, Any] = {}
+    search: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if not key.startswith(f"{SEARCH_KEY}."):
+            train[key] = value
+            continue
+        *parents, leaf = key.split(".")[1:]
+        target = search
+        for part in parents:
+            target = target.setdefault(part, {})
+        target[leaf] = value
+    return train, search
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `update` merged in, nested mappings merged key by key."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def min_grace_period(epochs: int) -> int:
@@ -149,26 +176,27 @@ def parse_settings(section: Any) -> tuple[SearchSettings | None, list[str]]:
 
 
 def _task_configs(cfg: TrainConfig, settings: SearchSettings, problems: list[str]
-                  ) -> list[TrainConfig]:
+                  ) -> list[tuple[str, TrainConfig]]:
+    """Each task's training config, with the prefix its problems are reported under."""
     if not settings.tasks:
         if cfg.src is None or cfg.tgt is None:
             problems.append("src/tgt: a search needs a transfer task: set src and tgt "
                             "(--src Art --tgt Clipart) or list search.tasks")
             return []
-        return [cfg]
+        return [("", cfg)]
     configs, seen = [], set()
     for i, (src, tgt) in enumerate(settings.tasks):
-        key = f"{SEARCH_KEY}.tasks[{i}]"
+        label = f"{SEARCH_KEY}.tasks[{i}] ([{src}, {tgt}]): "
         if (src, tgt) in seen:
-            problems.append(f"{key}: [{src}, {tgt}] is listed twice")
+            problems.append(f"{label}listed twice")
             continue
         seen.add((src, tgt))
         try:
             task, _ = build_config({**cfg.model_dump(), "src": src, "tgt": tgt})
         except ConfigError as err:
-            problems.extend(f"{key} ([{src}, {tgt}]): {p}" for p in err.problems)
+            problems.extend(label + p for p in err.problems)
             continue
-        configs.append(task)
+        configs.append((label, task))
     return configs
 
 
@@ -277,11 +305,12 @@ def build_plan(
     cfg, sections = build_config(raw, train_overrides, source)
     section = sections.get(SEARCH_KEY) or {}
     if isinstance(section, dict):
-        section = {**section, **(search_overrides or {})}
+        section = _merge(section, search_overrides or {})
     settings, problems = parse_settings(section)
     if settings is None:
         raise ConfigError(problems, source)
-    tasks = _task_configs(cfg, settings, problems)
+    labelled = _task_configs(cfg, settings, problems)
+    tasks = [task for _, task in labelled]
     space, point = _space_and_defaults(cfg, settings, source, problems)
     if tasks:
         problems += _early_stopping_problems(settings, tasks[0].epochs)
@@ -289,8 +318,8 @@ def build_plan(
         if space is not None and not problems:
             problems += _trial_config_problems(tasks, space, point)
         if check_paths:
-            for task in tasks:
-                problems += path_problems(task)
+            for label, task in labelled:
+                problems += [label + p for p in path_problems(task)]
     name, run_dir, storage, ray_storage = _locations(settings, source, problems)
     if problems:
         raise ConfigError(list(dict.fromkeys(problems)), source)
@@ -310,7 +339,8 @@ def describe_plan(plan: SearchPlan) -> list[str]:
     if s.stored_params_budget:
         stopping += f"; stop above {s.stored_params_budget:,} stored parameters"
     return [
-        f"search {plan.name}: {s.num_samples} trials, sampler {s.sampler}, space {plan.space.name}",
+        f"search {plan.name}: {s.num_samples} trials, sampler {s.sampler}, "
+        f"space {plan.space.name}",
         f"  tasks: {tasks}; {plan.epochs} epochs x {plan.tasks[0].iters_per_epoch} iterations",
         f"  per trial: {s.workers_per_trial} worker(s) x {s.cpus_per_worker:g} CPU"
         + (f", {s.gpus_per_trial:g} GPU" if s.gpus_per_trial else ""),

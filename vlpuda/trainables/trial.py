@@ -85,11 +85,18 @@ def run_trial(config: dict[str, Any], *, setup: TrialSetup, assets: list[Any]) -
 
     Args:
         config: the trial's hyperparameters, as the search space suggested them.
-        setup: everything the search's trials share (bound with functools.partial).
+        setup: everything the search's trials share (bound with tune.with_parameters).
         assets: one object-store reference to a TaskAssets per task.
     """
     trial_id = ray.tune.get_context().get_trial_id()
     configs = trial_configs(setup, config)
+    finished = finished_run_metrics(setup.storage_path, train_run_name(trial_id),
+                                    configs[0].epochs)
+    if finished is not None:
+        # Trained to the end before the search was interrupted: report the result without
+        # starting a worker group just to say so.
+        ray.tune.report(finished)
+        return
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={
@@ -115,12 +122,14 @@ class RayTrainReporter:
     """The loop's Reporter inside a Ray Train worker: every rank reports each epoch (a barrier);
     rank 0 attaches the checkpoint directory the loop wrote."""
 
-    def __init__(self, trial_started_at: float) -> None:
-        self.trial_started_at = trial_started_at
+    def __init__(self, trial_started_at: float, worker_started_at: float) -> None:
+        # Wall-clock times (s since the epoch) for the start-up overhead figures: the trial
+        # function starting, this worker starting; the loop adds its first step's.
+        self.times = {"trial_started_at": trial_started_at,
+                      "worker_started_at": worker_started_at}
 
     def __call__(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
-        metrics = {**metrics, "trial_started_at": self.trial_started_at,
-                   "workers": ray.train.get_context().get_world_size()}
+        metrics = {**metrics, **self.times, "workers": ray.train.get_context().get_world_size()}
         checkpoint = None
         if checkpoint_dir is not None:
             (Path(checkpoint_dir) / METRICS_FILE).write_text(json.dumps(metrics))
@@ -138,16 +147,29 @@ def _finished_metrics(directory: Path, epochs: int) -> dict[str, Any] | None:
     return metrics if metrics.get("epoch", 0) >= epochs else None
 
 
+def finished_run_metrics(storage_path: str, run_name: str, epochs: int) -> dict[str, Any] | None:
+    """The final metrics of a Train run whose checkpoint already holds its last epoch, read from
+    local storage (None for remote storage: the workers find out through get_checkpoint)."""
+    if "://" in storage_path:
+        return None
+    for path in sorted((Path(storage_path) / run_name).glob(f"checkpoint_*/{METRICS_FILE}")):
+        metrics = _finished_metrics(path.parent, epochs)
+        if metrics is not None:
+            return {**metrics, "checkpoint_path": str(path.parent)}
+    return None
+
+
 def train_worker(loop_config: dict[str, Any]) -> None:
     """The Ray Train worker function: resolve the shared assets, resume if a checkpoint exists,
     and run the training loop with a Ray reporter."""
+    worker_started_at = time.time()
     from vlpuda.trainables.loop import train
 
     # open_clip announces each loading step at INFO, in every worker of every trial.
     logging.getLogger().setLevel(logging.WARNING)
     configs = [TrainConfig.model_validate(c) for c in loop_config["configs"]]
     assets = [ray.get(ref) for ref in loop_config["assets"]]
-    reporter = RayTrainReporter(loop_config["trial_started_at"])
+    reporter = RayTrainReporter(loop_config["trial_started_at"], worker_started_at)
     device = ray.train.torch.get_device()
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:

@@ -1,0 +1,61 @@
+"""End to end on a real local Ray with real Optuna: trials on 2 DDP workers over two transfer
+tasks, the printed front is the study's Pareto front, and the first trial trains the preset's
+defaults."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from optuna.trial import TrialState
+
+from search_helpers import dominates, printed_front, run_study, tiny_preset, tune_trials, \
+    write_preset
+from vlpuda.cli import main
+
+
+@pytest.mark.slow
+def test_ddp_search_prints_the_study_front_with_defaults_first(ray_session, tiny_assets,
+                                                               tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    search = {"num_samples": 2, "workers_per_trial": 2, "tasks": [["Art", "Clipart"],
+                                                                   ["Clipart", "Art"]]}
+    preset = tiny_preset(tiny_assets, run_dir, search)
+    config = write_preset(tmp_path / "ddp.yaml", preset)
+
+    assert main(["search", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+
+    study = run_study(run_dir)
+    assert study.study_name == "ddp"  # named after the preset file
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+    # The first trial is the preset's own (paper) setting; tau/lr is derived from its tau.
+    assert study.trials[0].params == pytest.approx({
+        "lr": 1e-3, "lr_multiplier": 10, "lambda1": 0.25, "lambda2": 0.1, "lambda3": 0.025,
+        "label_smoothing": 0.1, "rst_threshold_over_lr": 0.1})
+
+    front = printed_front(out)
+    assert sorted(front) == sorted(t.number for t in study.best_trials)
+    values = {t.number: t.values for t in study.trials}
+    for a, b in itertools.permutations(front, 2):
+        assert not dominates(values[a], values[b])
+    assert "hypervolume" in out
+
+    trials = tune_trials(run_dir)
+    assert len(trials) == 2
+    for trial in trials.values():
+        result = trial.last_result
+        assert (trial.status, result["epoch"]) == ("TERMINATED", 1)
+        assert result["workers"] == 2  # each trial trained on 2 DDP workers
+        # ... on both tasks: the objectives are their mean accuracy and summed storage
+        forward, backward = (result[f"{task}/target_acc"]
+                             for task in ("Art_to_Clipart", "Clipart_to_Art"))
+        assert result["target_acc"] == pytest.approx((forward + backward) / 2)
+        assert result["stored_params"] == (result["Art_to_Clipart/stored_params"]
+                                           + result["Clipart_to_Art/stored_params"])
+        assert result["trial_started_at"] <= result["worker_started_at"] \
+            <= result["train_started_at"]
+
+    # Printed again later, from storage alone.
+    assert main(["pareto", str(run_dir)]) == 0
+    assert printed_front(capsys.readouterr().out) == front

@@ -1,0 +1,153 @@
+"""The study side without a cluster: which trials count, orphans after a restore, reruns, the
+front against Optuna's best_trials, and `vlpuda pareto` from a run dir."""
+
+from __future__ import annotations
+
+import numpy as np
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from vlpuda.cli import main
+from vlpuda.search.front import format_front, front_of
+from vlpuda.search.pareto import hypervolume_2d
+from vlpuda.search.searcher import ParetoOptunaSearch
+from vlpuda.search.stopping import StoredParamsBudget
+from vlpuda.search.study import DIRECTIONS, make_sampler, trial_outcome, write_manifest
+from vlpuda.spaces import build_space
+from vlpuda.trainables.params import trainer_params
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+SPACE = build_space("cmkd_rst", {"lr": {"low": 1e-4, "high": 1e-2}})
+FULL = {"epoch": 3, "target_acc": 80.0, "stored_params": 1000, "target_acc_last": 79.0}
+
+
+def searcher(storage: str, experiment: str = "exp", **kwargs) -> ParetoOptunaSearch:
+    return ParetoOptunaSearch(SPACE, full_epochs=3, experiment=experiment,
+                              stored_params_budget=5000,
+                              sampler=optuna.samplers.RandomSampler(seed=0), study_name="s",
+                              storage=optuna.storages.RDBStorage(storage), **kwargs)
+
+
+@pytest.mark.parametrize("result, error, expected", [
+    (FULL, False, (TrialState.COMPLETE, "complete")),
+    ({**FULL, "epoch": 1}, False, (TrialState.PRUNED, "early_stopping")),
+    ({**FULL, "stored_params": 6000}, False, (TrialState.PRUNED, "stored_params_budget")),
+    (FULL, True, (TrialState.FAIL, "error")),  # partial metrics of an errored trial never count
+    ({"epoch": 3, "target_acc": 80.0}, False, (TrialState.FAIL, "no metrics")),
+])
+def test_trial_outcome(result, error, expected):
+    assert trial_outcome(result, error, full_epochs=3, budget=5000) == expected
+
+
+def test_only_full_length_trials_complete_and_defaults_come_first(tmp_path):
+    defaults = SPACE.defaults_point({"lr": 1e-3, "lr_multiplier": 1000, "lambda1": 0.25})
+    search = searcher(f"sqlite:///{tmp_path}/s.db", points_to_evaluate=[defaults])
+    first = search.suggest("t0")
+    assert {k: first[k] for k in defaults} == pytest.approx(defaults)
+    assert first["rst"] is True and "rst_threshold" in first  # constants and derived tau
+    for trial_id in ("t1", "t2"):
+        search.suggest(trial_id)
+    search.on_trial_complete("t0", FULL)
+    search.on_trial_complete("t1", {**FULL, "epoch": 2})  # e.g. stopped by ASHA
+    search.on_trial_complete("t2", FULL, error=True)
+    states = [(t.state, t.user_attrs.get("stopped_by")) for t in search.study.trials]
+    assert states == [(TrialState.COMPLETE, None), (TrialState.PRUNED, "early_stopping"),
+                      (TrialState.FAIL, "error")]
+    assert search.study.trials[0].user_attrs["tune_trial_id"] == "t0"
+    assert search.study.trials[0].values == [80.0, 1000.0]
+
+
+def test_restore_fails_orphans_and_skips_trials_the_database_finished(tmp_path):
+    storage = f"sqlite:///{tmp_path}/s.db"
+    search = searcher(storage)
+    search.suggest("a")
+    search.suggest("b")
+    search.save(str(tmp_path / "snapshot.pkl"))
+    search.suggest("c")  # asked after the snapshot: lost with the driver
+    search.on_trial_complete("a", FULL)  # finished after the snapshot
+    searcher(storage, experiment="other").suggest("z")  # another search on the same study
+
+    restored = searcher(storage)
+    restored.restore(str(tmp_path / "snapshot.pkl"))
+    states = {t.number: t.state for t in restored.study.trials}
+    assert states == {0: TrialState.COMPLETE, 1: TrialState.RUNNING, 2: TrialState.FAIL,
+                      3: TrialState.RUNNING}
+    assert restored.orphans_failed == [2]
+    restored.on_trial_complete("a", FULL)  # told again by the resumed run: no error, no change
+    restored.on_trial_complete("b", {**FULL, "target_acc": 70.0})
+    assert [t.state for t in restored.study.trials] == [
+        TrialState.COMPLETE, TrialState.COMPLETE, TrialState.FAIL, TrialState.RUNNING]
+
+
+def test_a_failed_trial_that_succeeds_on_resume_is_recorded_again(tmp_path):
+    search = searcher(f"sqlite:///{tmp_path}/s.db")
+    search.suggest("x")
+    search.on_trial_complete("x", error=True)
+    search.on_trial_complete("x", FULL)  # resume_errored ran it again
+    failed, rerun = search.study.trials
+    assert (failed.state, rerun.state) == (TrialState.FAIL, TrialState.COMPLETE)
+    assert rerun.params == failed.params and rerun.user_attrs["rerun_of"] == failed.number
+
+
+@pytest.mark.parametrize("name, sampler", [("tpe", optuna.samplers.TPESampler),
+                                           ("nsga2", optuna.samplers.NSGAIISampler),
+                                           ("random", optuna.samplers.RandomSampler),
+                                           ("gp", optuna.samplers.GPSampler)])
+def test_samplers_by_name(name, sampler):
+    assert isinstance(make_sampler(name, seed=0, num_samples=16), sampler)
+
+
+def test_budget_stopper():
+    stop = StoredParamsBudget(1000)
+    assert stop("t", {"stored_params": 1001}) and not stop("t", {"stored_params": 1000})
+    assert not stop.stop_all()
+
+
+def test_dense_space_maps_to_trainer_settings():
+    assert trainer_params({"rst": False, "rst_mode": "off", "lr": 1e-3, "x": 1}) == {
+        "rst": False, "lr": 1e-3}
+
+
+def synthetic_study(storage: str) -> optuna.Study:
+    study = optuna.create_study(study_name="synthetic", storage=storage, directions=DIRECTIONS)
+    rng = np.random.default_rng(0)
+    dist = SPACE.optuna_distributions()
+    for i in range(40):
+        params = {name: d.low if hasattr(d, "low") else d.choices[0] for name, d in dist.items()}
+        state = [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL][i % 5 % 3]
+        values = [float(rng.uniform(50, 95)), float(rng.integers(1e3, 1e6))]
+        study.add_trial(optuna.trial.create_trial(
+            params=params, distributions=dist, state=state,
+            values=values if state == TrialState.COMPLETE else None))
+    study.enqueue_trial({})  # a WAITING trial must not confuse anything
+    return study
+
+
+def test_front_is_optunas_best_trials_with_hypervolume(tmp_path):
+    study = synthetic_study(f"sqlite:///{tmp_path}/s.db")
+    front = front_of(study)
+    assert sorted(front.numbers) == sorted(t.number for t in study.best_trials)
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert front.reference == (0.0, 1.1 * max(t.values[1] for t in complete))
+    points = [t.values for t in front.trials]
+    assert front.hypervolume == pytest.approx(
+        hypervolume_2d(points, DIRECTIONS, front.reference))
+    accuracies = [t.values[0] for t in front.trials]
+    assert accuracies == sorted(accuracies, reverse=True)
+    assert "non-dominated of" in format_front(front)
+
+
+def test_pareto_command_reads_the_run_dir(tmp_path, capsys):
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    study = synthetic_study(storage)
+    write_manifest(tmp_path, {"name": "synthetic", "study_name": "synthetic",
+                              "storage": storage})
+    assert main(["pareto", str(tmp_path), "--all"]) == 0
+    out = capsys.readouterr().out
+    for t in study.best_trials:
+        assert f"\n  {t.number:>5}  " in out
+    assert "hypervolume" in out and "PRUNED" in out
+
+    assert main(["pareto", str(tmp_path / "nothing")]) == 2
+    assert "not a search run directory" in capsys.readouterr().err

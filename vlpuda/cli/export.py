@@ -1,0 +1,41 @@
+"""`vlpuda export`: a trial's best delta, fetched from its MLflow run."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "export",
+        help="download a trial's best delta from MLflow",
+        description="Downloads the best-epoch delta a search logged on a trial's MLflow run "
+        "(DIR/best_delta.safetensors, or DIR/<task>/best_delta.safetensors for a multi-task "
+        "trial). Written into its base CLIP, it gives the accuracy the trial reported: check with "
+        "vlpuda evaluate --checkpoint DIR/best_delta.safetensors. Example: vlpuda export --run "
+        "3f2a... --out deltas/art_clipart --tracking-uri runs/demo",
+    )
+    parser.add_argument("--run", required=True, metavar="RUN_ID", dest="run_id",
+                        help="a trial's MLflow run id (UI, or the front table's mlflow_run_id)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="where to write the delta")
+    parser.add_argument("--tracking-uri",
+                        help="the search's tracking URI, or its run dir (default: "
+                        "MLFLOW_TRACKING_URI)")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from vlpuda.tracking.export import export_delta
+
+    exported = export_delta(args.run_id, args.out, args.tracking_uri)
+    reported = ""
+    if exported.target_acc is not None:
+        reported = f" (the trial reported target_acc {exported.target_acc:.2f}"
+        if exported.stored_params is not None:
+            reported += f", {int(exported.stored_params):,} stored parameters"
+        reported += ")"
+    for path in exported.files:
+        print(f"wrote {path}")
+    print(f"run {exported.run_id}: {len(exported.files)} delta(s){reported}; score with: "
+          f"vlpuda evaluate --checkpoint {exported.files[0]}")
+    return 0

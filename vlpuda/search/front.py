@@ -1,0 +1,148 @@
+"""The accuracy-vs-stored-parameters front of a study: rows, hypervolume, table, files.
+
+Only COMPLETE trials count: trials stopped early or over the storage budget are PRUNED (see
+searcher.py), so every point on the front ran the full budget. The front is computed with
+vlpuda.search.pareto and is the same set of trials as Optuna's `study.best_trials`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from vlpuda.search.pareto import default_reference, hypervolume_2d, pareto_front_mask
+from vlpuda.search.study import STOP_REASON, TUNE_TRIAL_ID
+from vlpuda.search.settings import METRICS, MODES
+
+FRONT_CSV = "front.csv"
+FRONT_JSON = "front.json"
+
+
+@dataclass
+class Front:
+    """The non-dominated complete trials of a study, best accuracy first."""
+
+    trials: list[FrozenTrial]
+    hypervolume: float
+    reference: tuple[float, ...] | None
+    states: Counter = field(default_factory=Counter)  # trial counts by state name
+    param_names: list[str] = field(default_factory=list)
+
+    @property
+    def numbers(self) -> list[int]:
+        return [t.number for t in self.trials]
+
+
+def front_of(study: optuna.Study) -> Front:
+    """The Pareto front of the study's COMPLETE trials and its hypervolume.
+
+    The hypervolume's reference point is taken from all complete trials (pareto.default_reference:
+    accuracy 0, 1.1 x the largest stored count), so it grows only when the front improves.
+    """
+    trials = study.get_trials(deepcopy=False)
+    states = Counter(t.state.name for t in trials)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.values is not None]
+    if not complete:
+        return Front([], 0.0, None, states)
+    values = np.array([t.values for t in complete], dtype=float)
+    mask = pareto_front_mask(values, MODES)
+    reference = default_reference(values, MODES)
+    on_front = [t for t, keep in zip(complete, mask) if keep]
+    on_front.sort(key=lambda t: (-t.values[0], t.values[1]))
+    hypervolume = hypervolume_2d(values[mask], MODES, reference)
+    names = sorted({name for t in complete for name in t.params})
+    return Front(on_front, hypervolume, reference, states, names)
+
+
+def front_rows(front: Front) -> list[dict[str, Any]]:
+    """One flat dict per front trial: number, objectives, last-epoch accuracy, parameters."""
+    rows = []
+    for t in front.trials:
+        rows.append({
+            "trial": t.number,
+            METRICS[0]: t.values[0],
+            METRICS[1]: int(t.values[1]),
+            "target_acc_last": t.user_attrs.get("target_acc_last"),
+            **{name: t.params.get(name) for name in front.param_names},
+            TUNE_TRIAL_ID: t.user_attrs.get(TUNE_TRIAL_ID),
+            "checkpoint_path": t.user_attrs.get("checkpoint_path"),
+        })
+    return rows
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1e-2 or abs(value) >= 1e4 else f"{value:.3f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def format_table(rows: list[dict[str, Any]], columns: list[str]) -> list[str]:
+    """A plain fixed-width table: header, rule, one line per row."""
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(v.rjust(w) for v, w in zip(r, widths)) for r in cells]
+    return lines
+
+
+def format_front(front: Front, title: str = "Pareto front") -> str:
+    """The front as printed at the end of a search and by `vlpuda pareto`."""
+    counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(front.states.items()))
+    lines = [f"{title}: {len(front.trials)} non-dominated of "
+             f"{front.states.get('COMPLETE', 0)} complete trials ({counts or 'no trials'})"]
+    if not front.trials:
+        lines.append("  no complete trial yet: nothing to show")
+        return "\n".join(lines)
+    columns = ["trial", *METRICS, "target_acc_last", *front.param_names]
+    lines += ["  " + line for line in format_table(front_rows(front), columns)]
+    ref = front.reference or (0.0, 0.0)
+    lines.append(f"  hypervolume {front.hypervolume:.6g} (reference: target_acc {ref[0]:g}, "
+                 f"stored_params {ref[1]:,.0f}); target_acc is the best epoch's accuracy "
+                 "(oracle selection), target_acc_last the last epoch's")
+    return "\n".join(lines)
+
+
+def trial_table(study: optuna.Study) -> str:
+    """Every trial with its state, values and the reason it was stopped, for `pareto --all`."""
+    trials = study.get_trials(deepcopy=False)
+    names = sorted({name for t in trials for name in t.params})
+    rows = []
+    for t in trials:
+        values = t.values or [None, None]
+        rows.append({"trial": t.number, "state": t.state.name, METRICS[0]: values[0],
+                     METRICS[1]: None if values[1] is None else int(values[1]),
+                     "epoch": t.user_attrs.get("epoch"), "why": t.user_attrs.get(STOP_REASON),
+                     **{n: t.params.get(n) for n in names}})
+    columns = ["trial", "state", *METRICS, "epoch", "why", *names]
+    return "\n".join(format_table(rows, columns))
+
+
+def write_front(front: Front, run_dir: Path) -> list[Path]:
+    """front.csv and front.json in the run dir (files users exchange: never pickle)."""
+    rows = front_rows(front)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    json_path, csv_path = run_dir / FRONT_JSON, run_dir / FRONT_CSV
+    json_path.write_text(json.dumps({
+        "hypervolume": front.hypervolume,
+        "reference": list(front.reference) if front.reference else None,
+        "trials": rows,
+    }, indent=2))
+    with open(csv_path, "w", newline="") as handle:
+        columns = list(rows[0]) if rows else ["trial", *METRICS]
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return [csv_path, json_path]

@@ -1,0 +1,94 @@
+"""One concise console line per trial event, in place of Tune's wide status table.
+
+    [  41s] trial 00000 started: lr=0.001 lr_multiplier=10 lambda1=0.25 ...
+    [  93s] trial 00000 epoch 1/3: target_acc 83.40 (last 83.40) stored_params 451,210
+    [ 160s] trial 00000 complete: target_acc 91.35 stored_params 431,101 [1/6 finished]
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+from optuna.trial import TrialState
+from ray.tune import Callback
+
+from vlpuda.search.study import trial_outcome
+
+
+def short_id(trial: Any) -> str:
+    """The trial's index part of Tune's id ("a1b2c3d4_00003" -> "00003"), unique in a run."""
+    return str(trial.trial_id).rsplit("_", 1)[-1]
+
+
+def format_params(config: dict[str, Any], names: tuple[str, ...]) -> str:
+    parts = []
+    for name in names:
+        value = config.get(name)
+        parts.append(f"{name}={value:.3g}" if isinstance(value, float) else f"{name}={value}")
+    return " ".join(parts)
+
+
+class ProgressLines(Callback):
+    """Prints trial starts, every epoch's objectives, and how each trial ended.
+
+    Args:
+        searched: the names of the searched parameters, shown when a trial starts.
+        epochs: the full length of a trial.
+        num_samples: trials planned in this run.
+        budget: the stored-parameter budget, if any (to say why a trial was stopped).
+    """
+
+    def __init__(self, searched: tuple[str, ...], epochs: int, num_samples: int,
+                 budget: int | None = None) -> None:
+        self.searched, self.epochs, self.num_samples, self.budget = (
+            searched, epochs, num_samples, budget)
+        self.started = time.monotonic()
+
+    def setup(self, **info: Any) -> None:
+        # Also runs after a restore: the clock restarts with the resumed run.
+        self.started = time.monotonic()
+
+    def _print(self, message: str) -> None:
+        print(f"[{time.monotonic() - self.started:5.0f}s] {message}", file=sys.stdout, flush=True)
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._print(f"trial {short_id(trial)} started: "
+                    f"{format_params(trial.config, self.searched)}")
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info: Any) -> None:
+        if "target_acc" not in result:
+            return
+        self._print(
+            f"trial {short_id(trial)} epoch {result.get('epoch', '?')}/{self.epochs}: "
+            f"target_acc {result['target_acc']:.2f} (last {result.get('target_acc_last', 0):.2f}) "
+            f"stored_params {int(result['stored_params']):,}"
+        )
+
+    def _finish(self, trials: list, trial: Any, error: bool) -> None:
+        # Counted from Tune's trial list, so the count stays right after a restore.
+        done = {t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")}
+        done.add(trial.trial_id)
+        result = trial.last_result or {}
+        state, reason = trial_outcome(result, error, self.epochs, self.budget)
+        if state == TrialState.COMPLETE:
+            what = (f"complete: target_acc {result['target_acc']:.2f} "
+                    f"stored_params {int(result['stored_params']):,}")
+        elif reason == "early_stopping":
+            what = (f"stopped early by ASHA after epoch {result.get('epoch')}/{self.epochs} "
+                    "(pruned)")
+        elif reason == "stored_params_budget":
+            what = (f"stopped: {int(result['stored_params']):,} stored parameters exceed the "
+                    f"budget of {self.budget:,} (pruned)")
+        else:
+            what = f"failed ({reason}); see {getattr(trial, 'path', None) or 'the trial log'}"
+        self._print(f"trial {short_id(trial)} {what} "
+                    f"[{len(done)}/{self.num_samples} finished]")
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._finish(trials, trial, error=False)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._finish(trials, trial, error=True)

@@ -1,0 +1,108 @@
+"""The Optuna side of a search, without Ray: samplers, storage, trial outcomes, the run manifest.
+
+Kept free of Ray imports so `vlpuda pareto` and `vlpuda validate` start in a second.
+A search's run directory holds `search.json` (this manifest: where the study lives, the settings
+and the preset, so `--resume` and `pareto` need nothing else), `optuna.db` (the default storage),
+`ray/` (Tune and Train results) and the front as CSV/JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from vlpuda.errors import VlpudaError
+from vlpuda.search.settings import MANIFEST, METRICS, MODES
+
+# Why a trial was pruned or failed, kept as an Optuna user attribute.
+STOP_REASON = "stopped_by"
+TUNE_TRIAL_ID = "tune_trial_id"
+# The Tune experiment that asked for a trial: cleanup after a crash touches only its own trials,
+# never those of another search sharing the study.
+EXPERIMENT = "tune_experiment"
+# Result keys kept on each Optuna trial, so the front table can say where a trial's delta is.
+KEPT_METRICS = ("target_acc_last", "epoch", "delta_bytes", "checkpoint_path")
+DIRECTIONS = ["maximize" if m == "max" else "minimize" for m in MODES]
+
+
+def trial_outcome(result: dict | None, error: bool, full_epochs: int,
+                  budget: int | None = None) -> tuple[TrialState, str]:
+    """How a finished Tune trial counts in the study, and why.
+
+    COMPLETE only for a trial that ran every epoch within the budget; a trial stopped early (by
+    ASHA) or over the storage budget is PRUNED; an error or a missing metric is a FAIL.
+    """
+    if error:
+        return TrialState.FAIL, "error"
+    if not result or any(result.get(m) is None for m in METRICS):
+        return TrialState.FAIL, "no metrics"
+    if budget is not None and result["stored_params"] > budget:
+        return TrialState.PRUNED, "stored_params_budget"
+    if result.get("epoch", 0) < full_epochs:
+        return TrialState.PRUNED, "early_stopping"
+    return TrialState.COMPLETE, "complete"
+
+
+def make_sampler(name: str, seed: int, num_samples: int) -> optuna.samplers.BaseSampler:
+    """The sampler called `name` (tpe, nsga2, random, gp), seeded."""
+    if name == "tpe":
+        # Optuna 5 defaults to constant_liar=True, which keeps parallel trials apart.
+        return optuna.samplers.TPESampler(seed=seed)
+    if name == "nsga2":
+        # NSGA-II's default population of 50 would make a short search purely random.
+        population = max(4, min(50, num_samples // 4))
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=population)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    raise ValueError(f"unknown sampler {name!r}")
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """An Optuna storage for a database URL (SQLite, PostgreSQL, MySQL: anything SQLAlchemy
+    reaches)."""
+    return optuna.storages.RDBStorage(url)
+
+
+def fail_running_trials(study: optuna.Study, experiment: str,
+                        keep: set[int] | None = None) -> list[int]:
+    """Mark the RUNNING trials that `experiment` asked for FAIL, except the numbers in `keep`;
+    returns the numbers marked. Only call this when nothing is running them any more."""
+    marked = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if trial.user_attrs.get(EXPERIMENT) != experiment or (keep and trial.number in keep):
+            continue
+        study.tell(trial.number, state=TrialState.FAIL)
+        marked.append(trial.number)
+    return marked
+
+
+def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    staging = run_dir / f".{MANIFEST}.tmp"
+    staging.write_text(json.dumps(manifest, indent=2, default=str))
+    staging.replace(run_dir / MANIFEST)  # atomic: a crash never leaves half a manifest
+
+
+def read_manifest(run_dir: str | Path) -> dict[str, Any]:
+    """The manifest of a search's run directory; a clear error when there is none."""
+    path = Path(run_dir).expanduser() / MANIFEST
+    if not path.is_file():
+        raise VlpudaError(f"{Path(run_dir)} is not a search run directory (no {MANIFEST}); "
+                          "pass the directory a search printed as its run dir, e.g. runs/demo")
+    return json.loads(path.read_text())
+
+
+def load_study(manifest: dict[str, Any]) -> optuna.Study:
+    """The study a manifest points to."""
+    try:
+        return optuna.load_study(study_name=manifest["study_name"],
+                                 storage=open_storage(manifest["storage"]))
+    except KeyError as err:  # optuna raises KeyError for a study name the storage lacks
+        raise VlpudaError(f"study {manifest['study_name']!r} not found in "
+                          f"{manifest['storage']}: {err}") from None
