@@ -42,31 +42,31 @@ def trial_rows(manifest: dict) -> list[list[dict]]:
 
 def summarise(rows_by_trial: list[list[dict]], iters_per_epoch: int, wall: float,
               concurrency: int) -> list[str]:
-    startup, worker_up, setup, durations, stepping = [], [], [], [], 0.0
+    """The figures, as ratios. Trial-slot time is wall x concurrency: what the search could have
+    spent training if every slot trained all the time."""
+    startup, worker_up, setup, durations, steps = [], [], [], [], []
     for rows in rows_by_trial:
         first, last = rows[0], rows[-1]
         startup.append(first["train_started_at"] - first["trial_started_at"])
         worker_up.append(first["worker_started_at"] - first["trial_started_at"])
         setup.append(first["train_started_at"] - first["worker_started_at"])
         durations.append(last["timestamp"] - first["trial_started_at"])
-        stepping += sum(r["seconds_per_iteration"] * iters_per_epoch for r in rows)
-    slot_time = wall * concurrency
+        steps.append(sum(r["seconds_per_iteration"] * iters_per_epoch for r in rows))
+    slot = wall * concurrency
+    within = sum(durations) - sum(startup) - sum(steps)  # evaluation, checkpoints, reports
     mean = statistics.mean
-    span = (max(rows[-1]["timestamp"] for rows in rows_by_trial)
-            - min(rows[0]["trial_started_at"] for rows in rows_by_trial))
     return [
         f"trials: {len(rows_by_trial)}, {concurrency} at a time; search wall {wall:.0f} s "
-        f"(Ray start, Tuner, front included), first trial start -> last report {span:.0f} s "
-        f"= {span / wall:.2f} of wall",
-        f"per trial, trial start -> first training step: {mean(startup):.1f} s mean "
-        f"({min(startup):.1f}-{max(startup):.1f}); of which worker group start "
-        f"{mean(worker_up):.1f} s, model and data set-up in the worker {mean(setup):.1f} s",
-        f"start-up / trial duration (trial start -> last report): "
-        f"{mean(startup) / mean(durations):.2f}",
-        f"training steps: {stepping:.0f} s over all trials = "
-        f"{stepping / slot_time:.2f} of the search's trial-slot time ({concurrency} x wall); "
-        f"outside training steps: {1 - stepping / slot_time:.2f}",
-        f"training steps / wall (per slot): {stepping / concurrency / wall:.2f}",
+        f"(Ray start, Tuner and front included)",
+        f"per trial: trial start -> first training step {mean(startup):.1f} s "
+        f"({min(startup):.1f}-{max(startup):.1f}): worker group start {mean(worker_up):.1f} s "
+        f"+ model and data set-up in the worker {mean(setup):.1f} s; "
+        f"= {mean(startup) / mean(durations):.2f} of a trial (trial start -> last report)",
+        f"share of trial-slot time ({concurrency} x wall): training steps "
+        f"{sum(steps) / slot:.2f}, trial start-up {sum(startup) / slot:.2f}, evaluation + "
+        f"checkpoints + reports {within / slot:.2f}, outside trials (Ray and Tune start, "
+        f"trial actors, idle slots) {1 - sum(durations) / slot:.2f}",
+        f"outside training steps: {1 - sum(steps) / slot:.2f} of trial-slot time",
     ]
 
 

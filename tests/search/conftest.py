@@ -20,13 +20,17 @@ RAY_CPUS = 6
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """One local Ray for every test that needs it (starting one costs 5-10 s on 2 cores)."""
+    """One local Ray for every test that needs it (starting one costs 5-10 s on 2 cores); with
+    its dashboard, whose State API Train needs to clean up stopped trials' placement groups."""
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     import ray
 
-    ray.init(num_cpus=RAY_CPUS)
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=RAY_CPUS)
     yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
+    if started:
+        ray.shutdown()
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,8 @@ def add_parser(subparsers) -> None:
         description="Runs the preset's `search:` section on Ray: each trial trains the method "
         "(on N DDP workers), Optuna proposes the next trials from target accuracy and stored "
         "parameters, and the Pareto front is printed at the end. Local Ray starts by itself; "
-        "set RAY_ADDRESS to use a cluster. Examples: vlpuda search --config configs/demo.yaml; "
+        "set RAY_ADDRESS to use a cluster. KEY=VALUE overrides a training key, "
+        "search.KEY=VALUE a search setting (search.early_stopping.asha=true). Examples: vlpuda search --config configs/demo.yaml; "
         "vlpuda search --config configs/office_home.yaml --data-dir data/office_home "
         "--src Art --tgt Clipart search.num_samples=64; vlpuda search --resume runs/demo",
     )

@@ -47,7 +47,7 @@ from vlpuda.tracking.content import (
 )
 from vlpuda.tracking.figure import TrialPoint, front_figure
 from vlpuda.tracking.references import paper_references
-from vlpuda.tracking.runs import Recorder, _quote, search_all, set_tags
+from vlpuda.tracking.runs import Recorder, sql_quote, search_all, set_tags
 from vlpuda.tracking.tunefiles import TuneTrial
 
 RUN_ID_COLUMN = "mlflow_run_id"
@@ -95,7 +95,7 @@ def study_children(recorder: Recorder) -> dict[str, Run]:
     """Child runs of every run of this study in the experiment (an extended study has one
     parent per search run), by Tune trial id."""
     runs = search_all(recorder.client, recorder.experiment_id,
-                      f"tags.`{TAG_STUDY}` = '{_quote(recorder.info.study)}' "
+                      f"tags.`{TAG_STUDY}` = '{sql_quote(recorder.info.study)}' "
                       f"and tags.`{TAG_KIND}` = 'trial'")
     children: dict[str, Run] = {}
     for run in sorted(runs, key=lambda r: r.info.start_time or 0, reverse=True):

@@ -3,9 +3,9 @@
 Drawn only for the benchmark and backbone a search actually ran, and expressed in the search's
 objectives: the mean target accuracy over the search's tasks and the stored parameters summed over
 them. The paper sums DSP over a benchmark's tasks, so one task's share is the total divided by the
-number of tasks (Office-Home: 12). Rows the paper gives per task (Office-Home, Table I) are averaged
-over the search's tasks; rows it gives only as a benchmark mean (the Fig. 4 threshold sweep, the
-other benchmarks) are labelled as such. Zero-shot CLIP stores nothing (0 parameters) and is drawn
+number of tasks (Office-Home: 12). Rows the paper gives per task (Office-Home, Table I) are
+averaged over the search's tasks; rows it gives only as a benchmark mean (the Fig. 4 threshold
+sweep, the other benchmarks) are labelled as such. Zero-shot CLIP stores nothing (0 parameters) and is drawn
 as a horizontal line rather than a point on the log axis.
 """
 

@@ -62,7 +62,8 @@ def _chunks(items: list, size: int) -> Iterable[list]:
         yield items[start:start + size]
 
 
-def _quote(value: str) -> str:
+def sql_quote(value: str) -> str:
+    """A value for a single-quoted string in an MLflow search filter."""
     return value.replace("'", "\\'")
 
 
@@ -128,7 +129,7 @@ class Recorder:
     def open_parent(self) -> str:
         """Find the search's parent run (by its tag) or create it; log what it lacks."""
         found = search_all(self.client, self.experiment_id,
-                           f"tags.`{TAG_SEARCH}` = '{_quote(self.info.key)}' "
+                           f"tags.`{TAG_SEARCH}` = '{sql_quote(self.info.key)}' "
                            f"and tags.`{TAG_KIND}` = 'search'")
         if found:
             run = min(found, key=lambda r: r.info.start_time or 0)
