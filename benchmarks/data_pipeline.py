@@ -9,14 +9,14 @@ Both pipelines make the paper's training batch (method.md section 6) on the same
             shuffle, drop_last): every image is opened and decoded each time it is drawn,
   vlpuda    decode_domain once into the on-disk cache (timed separately: a one-off per node), then
             per batch of 32: InfiniteSampler, a gather from the memory-mapped uint8 arrays,
-            train_views (crop + flip) and normalize on the CPU, as the training loop does on a
-            CPU-only node (on a GPU node the loop moves the uint8 batch to the GPU first).
+            train_views (crop + flip, still uint8) and model_input (float, normalised) on the
+            CPU, as the training loop does on a CPU-only node (on a GPU node the loop moves the
+            uint8 batch to the GPU first).
 Images are generated JPEGs of 256..400 px per side in class folders, in a temporary directory
 removed afterwards. The two pipelines are timed in alternating rounds so that load from other
 jobs hits both alike; the first batches of each round (worker start-up, page faults) are not
 timed. Prints images/s for each, the median per-round ratio, the decode cost in baseline
-epochs, and per-stage milliseconds of the cached path beside a sliced reference
-(`sliced_reference`, not vlpuda code) that makes the same batch by per-image slices.
+epochs, and per-stage milliseconds of the cached path.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from vlpuda.trainables.data import (
     InfiniteSampler,
     decode_domain,
     list_imagefolder,
-    normalize,
+    model_input,
     train_views,
 )
 
@@ -121,7 +121,7 @@ class CachedPipeline:
 
     def batches(self) -> Iterator[torch.Tensor]:
         while True:
-            yield normalize(self.views(self.gather()), CLIP_MEAN, CLIP_STD)
+            yield model_input(self.views(self.gather()), CLIP_MEAN, CLIP_STD)
 
 
 def open_cached(root: Path, cache: Path, batch: int, threads: int
@@ -140,26 +140,9 @@ def open_cached(root: Path, cache: Path, batch: int, threads: int
     return pipeline, decode_seconds, open_seconds
 
 
-def sliced_reference(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Not vlpuda: the same crop, flip and normalisation by per-image slices and one fused
-    scale-and-shift, to show how much of train_views + normalize is headroom on a CPU. From the
-    same generator state it returns the same batch (up to float rounding)."""
-    b, s = images.shape[0], images.shape[1]
-    offsets = torch.randint(0, s - CROP + 1, (b, 2), generator=generator).tolist()
-    flips = (torch.rand(b, generator=generator) < 0.5).tolist()
-    out = torch.empty((b, 3, CROP, CROP), dtype=torch.float32)
-    scale = torch.tensor([1.0 / (255.0 * sd) for sd in CLIP_STD]).view(3, 1, 1)
-    shift = torch.tensor([m / sd for m, sd in zip(CLIP_MEAN, CLIP_STD)]).view(3, 1, 1)
-    for i, ((top, left), flip) in enumerate(zip(offsets, flips)):
-        crop = images[i, top:top + CROP, left:left + CROP].permute(2, 0, 1)
-        out[i] = crop.flip(-1) if flip else crop  # the copy converts uint8 to float
-        out[i].mul_(scale).sub_(shift)
-    return out
-
-
 def stage_milliseconds(pipeline: CachedPipeline, repeats: int) -> dict[str, float]:
-    """Median milliseconds per batch of each stage of the cached path, and of the reference."""
-    stages = ("gather", "train_views", "normalize", "sliced reference (views + normalize)")
+    """Median milliseconds per batch of each stage of the cached path."""
+    stages = ("gather", "train_views", "model_input")
     times: dict[str, list[float]] = {stage: [] for stage in stages}
     for _ in range(repeats):
         marks = [time.perf_counter()]
@@ -167,9 +150,7 @@ def stage_milliseconds(pipeline: CachedPipeline, repeats: int) -> dict[str, floa
         marks.append(time.perf_counter())
         views = pipeline.views(images)
         marks.append(time.perf_counter())
-        normalize(views, CLIP_MEAN, CLIP_STD)
-        marks.append(time.perf_counter())
-        sliced_reference(images, pipeline.generator)
+        model_input(views, CLIP_MEAN, CLIP_STD)
         marks.append(time.perf_counter())
         for stage, begin, end in zip(stages, marks, marks[1:]):
             times[stage].append(end - begin)
@@ -261,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ratio = statistics.median(o / b for o, b in zip(ours, base))
     print(f"\nbaseline  ImageFolder + DataLoader(num_workers={args.workers}): "
           f"{base_median:8.1f} images/s (median of {args.rounds} rounds)")
-    print(f"vlpuda    cached arrays + train_views + normalize: {ours_median:8.1f} images/s")
+    print(f"vlpuda    cached arrays + train_views + model_input: {ours_median:8.1f} images/s")
     print("          per batch (median ms): "
           + ", ".join(f"{stage} {ms:.1f}" for stage, ms in stages.items()))
     print(f"vlpuda / baseline: {ratio:.1f}x (median of per-round ratios; goal >= 10x)")

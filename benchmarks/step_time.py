@@ -42,17 +42,31 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def timed(fn, repeats: int, device: torch.device) -> float:
-    """Median seconds per call after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
+def timed_alternating(fns, repeats: int, device: torch.device) -> list[float]:
+    """Median seconds per call of each function after one warm-up call each. The functions
+    take turns, so a burst of load from other jobs hits all of them alike."""
+    for fn in fns:
         fn()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, samples in zip(fns, times):
+            synchronize(device)
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            samples.append(time.perf_counter() - start)
+    return [statistics.median(samples) for samples in times]
+
+
+def peak_memory(fn, device: torch.device) -> int:
+    """Peak CUDA bytes allocated during one call (0 on a CPU)."""
+    if device.type != "cuda":
+        return 0
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated()
 
 
 def synthetic_assets(num_classes: int, dim: int, size: int, n: int = 256) -> TaskAssets:
@@ -92,22 +106,18 @@ def measure(model_name: str, size: int, batch: int, repeats: int, device, precis
     num_classes = 65
     torch.manual_seed(0)
     bare, dim = bare_step_fn(model_name, size, batch, num_classes, device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    bare_seconds = timed(bare, repeats, device)
-    bare_memory = torch.cuda.max_memory_allocated() if device.type == "cuda" else 0
-
+    bare_memory = peak_memory(bare, device)
+    # The bare loop's model and optimiser stay allocated: not counted in the trainer's peak.
+    resident = torch.cuda.memory_allocated() if device.type == "cuda" else 0
     cfg, _ = build_config({
         "model": model_name, "pretrained": None, "train_resize": size, "image_size": size,
         "batch_size": batch, "target_batch_size": batch, "iters_per_epoch": 1, "epochs": 1,
         "rst": True, "rst_threshold": 1e-6, "precision": precision, "device": device.type,
     })
     run = TaskRun(cfg, synthetic_assets(num_classes, dim, size), device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    trainer_seconds = timed(run.train_epoch, repeats, device)
-    trainer_memory = torch.cuda.max_memory_allocated() if device.type == "cuda" else 0
-    reset_seconds = timed(run.sparsity.reset_, repeats, device)
+    bare_seconds, trainer_seconds, reset_seconds = timed_alternating(
+        [bare, run.train_epoch, run.sparsity.reset_], repeats, device)
+    trainer_memory = peak_memory(run.train_epoch, device) - resident
     run.close()
     return {
         "model": model_name, "image_size": size, "batch": f"{batch}+{batch}",

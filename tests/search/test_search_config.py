@@ -3,12 +3,19 @@ CLI overrides; and how many trials fit a cluster."""
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 from search_helpers import tiny_preset, write_preset
 from vlpuda.cli import main
 from vlpuda.errors import ConfigError, VlpudaError
-from vlpuda.search.driver import check_extension, derive_concurrency, local_cluster_cpus
+from vlpuda.search.driver import (
+    check_extension,
+    derive_concurrency,
+    local_cluster_cpus,
+    running_cluster_address,
+)
 from vlpuda.search.settings import SearchSettings, build_plan, split_overrides
 from vlpuda.search.study import write_manifest
 
@@ -125,3 +132,22 @@ def test_a_run_dir_is_extended_only_by_a_comparable_finished_search(preset):
     write_manifest(plan.run_dir, {**manifest, "status": "running"})
     with pytest.raises(ConfigError, match="vlpuda search --resume"):
         check_extension(plan)
+
+
+def test_a_ray_running_on_this_machine_is_found_and_a_dead_ones_record_ignored(tmp_path,
+                                                                                monkeypatch):
+    # `ray start` records its address in RAY_TMPDIR/ray/ray_current_cluster; a search started
+    # in a head node's shell joins that Ray instead of starting a second one.
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    assert running_cluster_address() is None  # no record
+    record = tmp_path / "ray" / "ray_current_cluster"
+    record.parent.mkdir()
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        address = f"127.0.0.1:{server.getsockname()[1]}"
+        record.write_text(address + "\n")
+        assert running_cluster_address() == address
+    assert running_cluster_address(timeout=0.5) is None  # the port closed: a dead Ray's record
+    record.write_text("garbage")
+    assert running_cluster_address() is None

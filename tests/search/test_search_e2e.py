@@ -56,6 +56,25 @@ def test_ddp_search_prints_the_study_front_with_defaults_first(ray_session, tiny
         assert result["trial_started_at"] <= result["worker_started_at"] \
             <= result["train_started_at"]
 
+    # MLflow, logged live into the run dir's store: one parent, a child per trial nested under
+    # it, holding the values the study holds; the printed UI command opens that store.
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{run_dir}/mlflow.db"
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("ddp").experiment_id])
+    parents = [r for r in runs if r.data.tags["vlpuda.kind"] == "search"]
+    children = [r for r in runs if r.data.tags["vlpuda.kind"] == "trial"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 2
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
+    by_tune_id = {t.user_attrs["tune_trial_id"]: t for t in study.trials}
+    for child in children:
+        values = by_tune_id[child.data.tags["vlpuda.trial_id"]].values
+        assert [child.data.metrics["target_acc"], child.data.metrics["stored_params"]] \
+            == pytest.approx(values)
+    assert f"open the UI with: mlflow ui --backend-store-uri {uri}" in out
+
     # Printed again later, from storage alone.
     assert main(["pareto", str(run_dir)]) == 0
     assert printed_front(capsys.readouterr().out) == front

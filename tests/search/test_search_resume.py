@@ -89,5 +89,5 @@ def test_killed_search_resumes_and_accounts_for_every_trial(ray_session, tiny_as
     assert set(by_tune_id) >= set(trials)
     for trial_id in trials:
         assert [t.state for t in by_tune_id[trial_id]] == [TrialState.COMPLETE], trial_id
-    assert f"{NUM_SAMPLES} of {NUM_SAMPLES} planned trials ran" in out
+    assert f"{NUM_SAMPLES} of {NUM_SAMPLES} planned trials finished" in out
     assert "Pareto front" in out

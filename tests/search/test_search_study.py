@@ -9,13 +9,21 @@ import pytest
 from optuna.trial import TrialState
 
 from vlpuda.cli import main
+from vlpuda.config import TrainConfig, build_config
 from vlpuda.search.front import format_front, front_of
 from vlpuda.search.pareto import hypervolume_2d
 from vlpuda.search.searcher import ParetoOptunaSearch
 from vlpuda.search.stopping import StoredParamsBudget
-from vlpuda.search.study import DIRECTIONS, make_sampler, trial_outcome, write_manifest
+from vlpuda.search.study import (
+    DIRECTIONS,
+    fail_running_trials,
+    make_sampler,
+    new_experiment_name,
+    trial_outcome,
+    write_manifest,
+)
 from vlpuda.spaces import build_space
-from vlpuda.trainables.params import trainer_params
+from vlpuda.trainables.params import apply_params, trainer_params
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 SPACE = build_space("cmkd_rst", {"lr": {"low": 1e-4, "high": 1e-2}})
@@ -80,6 +88,20 @@ def test_restore_fails_orphans_and_skips_trials_the_database_finished(tmp_path):
         TrialState.COMPLETE, TrialState.COMPLETE, TrialState.FAIL, TrialState.RUNNING]
 
 
+def test_a_trial_asked_but_not_yet_annotated_is_an_orphan_of_the_running_experiment(tmp_path):
+    # A driver killed between Optuna creating a trial and tagging it with the experiment leaves
+    # a RUNNING trial without the tag; it is claimed by the experiment that started before it.
+    experiment = new_experiment_name()
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/s.db", directions=DIRECTIONS)
+    untagged = study.ask().number
+    tagged_elsewhere = study.ask()
+    tagged_elsewhere.set_user_attr("tune_experiment", "tune-20000101-000000")
+    # An experiment that started after the untagged trial does not claim it.
+    assert fail_running_trials(study, "tune-20991231-235959") == []
+    assert fail_running_trials(study, experiment) == [untagged]
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.RUNNING]
+
+
 def test_a_failed_trial_that_succeeds_on_resume_is_recorded_again(tmp_path):
     search = searcher(f"sqlite:///{tmp_path}/s.db")
     search.suggest("x")
@@ -104,9 +126,16 @@ def test_budget_stopper():
     assert not stop.stop_all()
 
 
-def test_dense_space_maps_to_trainer_settings():
-    assert trainer_params({"rst": False, "rst_mode": "off", "lr": 1e-3, "x": 1}) == {
-        "rst": False, "lr": 1e-3}
+def test_dense_space_gives_a_valid_dense_trainer_config():
+    dense = build_space("cmkd")
+    params = {name: d.low if hasattr(d, "low") else d.choices[0]
+              for name, d in dense.optuna_distributions().items()}
+    config = dense(optuna.trial.FixedTrial(params))
+    cfg, _ = build_config({})
+    applied = apply_params(cfg.model_copy(update={"rst": True}), config)
+    assert applied.rst is False and applied.lr == params["lr"]
+    assert trainer_params({**config, "search_only": 1}) == {
+        k: v for k, v in config.items() if k in TrainConfig.model_fields}
 
 
 def synthetic_study(storage: str) -> optuna.Study:

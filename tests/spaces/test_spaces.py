@@ -25,8 +25,8 @@ LOG_SCALE = {"lr", "lr_multiplier", "lambda1", "rst_threshold_over_lr", "rst_rat
 
 # name -> (searched parameters, constants)
 EXPECTED: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
-    "cmkd": (CMKD, {"rst": False, "rst_mode": "off", "fixmatch": False}),
-    "cmkd_fixmatch": ((*CMKD, *FIXMATCH), {"rst": False, "rst_mode": "off", "fixmatch": True}),
+    "cmkd": (CMKD, {"rst": False, "fixmatch": False}),
+    "cmkd_fixmatch": ((*CMKD, *FIXMATCH), {"rst": False, "fixmatch": True}),
     "cmkd_rst": (
         (*CMKD, "rst_threshold_over_lr"),
         {"rst": True, "rst_mode": "threshold", "fixmatch": False},

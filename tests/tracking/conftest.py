@@ -68,12 +68,15 @@ class MlflowServer:
             return
         log = open(self.root / "server.log", "ab")
         mlflow = Path(sys.executable).with_name("mlflow")
+        # No background job runner (one more Python process to start on 2 cores); tracking
+        # does not use server-side jobs.
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         # Its own session, so the server and its uvicorn worker are killed together.
         self.process = subprocess.Popen(
             [str(mlflow), "server", "--backend-store-uri", f"sqlite:///{self.db}",
              "--artifacts-destination", str(self.artifacts), "--host", "127.0.0.1",
              "--port", str(self.port), "--workers", "1"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.root)
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.root, env=env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -108,7 +111,8 @@ def ray_local():
 
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=RAY_CPUS, include_dashboard=False)
+        # With its dashboard: Train's placement-group cleaner needs the State API.
+        ray.init(num_cpus=RAY_CPUS)
     yield
     if started:
         ray.shutdown()

@@ -12,8 +12,10 @@ from ray.tune import Callback
 from tracking_helpers import (
     EPOCHS,
     ITERS,
-    read_json_artifact,
     front_table,
+    differences,
+    read_json_artifact,
+    real_trainable,
     run_tiny_search,
     runs_of,
     snapshot,
@@ -59,12 +61,12 @@ def check_search(uri: str, plan, study, tmp_path: Path) -> None:
         assert child.data.params["rst_threshold"]
         assert not NOT_METRICS & set(child.data.metrics)
         assert not any(k.startswith("config") for k in child.data.metrics)
-        for key in ("target_acc", "target_acc_last", "stored_params", "delta_bytes"):
+        for key in ("target_acc", "stored_params"):
             history = client.get_metric_history(child.info.run_id, key)
             assert [(m.step, m.value) for m in history] == \
                 [(r["iteration"], pytest.approx(r[key])) for r in trial_rows]
-        assert [m.step for m in client.get_metric_history(child.info.run_id, "target_acc")] \
-            == [ITERS * e for e in range(1, EPOCHS + 1)]
+            assert [m.step for m in history] == [ITERS * e for e in range(1, EPOCHS + 1)]
+        assert child.data.metrics["target_acc_last"] == trial_rows[-1]["target_acc_last"]
         # The best epoch's delta is the one logged (per task in a multi-task search).
         for task in tasks:
             prefix = f"{task}/" if len(tasks) > 1 else ""
@@ -119,16 +121,16 @@ def test_default_sqlite_store_in_the_run_dir(tmp_path, tiny_files, empty_mlflow_
     # A back-fill of a complete store changes nothing, and writes what live logging wrote.
     before = snapshot(uri, plan.name)
     assert main(["sync", str(run_dir)]) == 0
-    assert snapshot(uri, plan.name) == before
+    assert differences(snapshot(uri, plan.name), before) == []
     fresh = tmp_path / "fresh.db"
     shutil.copy(empty_mlflow_db, fresh)
     assert main(["sync", str(run_dir), "--tracking-uri", f"sqlite:///{fresh}"]) == 0
-    assert snapshot(f"sqlite:///{fresh}", plan.name) == before
+    assert differences(snapshot(f"sqlite:///{fresh}", plan.name), before) == []
 
 
 def test_tracking_server_multi_task(tmp_path, tiny_files, mlflow_server):
     mlflow_server.start()
-    plan = tiny_plan(tiny_files, tmp_path / "run", "server-search", multi=True)
+    plan = tiny_plan(tiny_files, tmp_path / "run", "server-search", multi=True, num_samples=3)
 
     tracker, study, _ = run_tiny_search(plan, mlflow_server.uri)
 
@@ -193,14 +195,14 @@ def test_server_dies_mid_search_then_sync_fills_in(tmp_path, tiny_files, mlflow_
     assert synced["counts"] == (1, plan.settings.num_samples)
     check_search(mlflow_server.uri, plan, study, tmp_path / "dl")
     assert main(["sync", str(plan.run_dir)]) == 0
-    assert snapshot(mlflow_server.uri, plan.name) == synced  # twice changes nothing
+    assert differences(snapshot(mlflow_server.uri, plan.name), synced) == []  # twice: no change
 
     # The same content as a search whose tracking never failed (see the SQLite test: live
     # logging and a back-fill write the same), here a back-fill into a fresh store.
     fresh = tmp_path / "fresh.db"
     shutil.copy(empty_mlflow_db, fresh)
     assert main(["sync", str(plan.run_dir), "--tracking-uri", f"sqlite:///{fresh}"]) == 0
-    assert snapshot(f"sqlite:///{fresh}", plan.name) == synced
+    assert differences(snapshot(f"sqlite:///{fresh}", plan.name), synced) == []
 
 
 def test_server_down_at_start_warns_once(tmp_path, tiny_files):
@@ -214,3 +216,30 @@ def test_server_down_at_start_warns_once(tmp_path, tiny_files):
     assert len(study.trials) == 2
     assert len(warnings) == 1 and "cannot reach" in warnings[0]
     assert tracker.parent_run_id is None
+
+
+@pytest.mark.slow
+def test_real_trial_logs_a_delta_that_export_reproduces(tmp_path, tiny_files, empty_mlflow_db,
+                                                        capsys):
+    """The real path: a trial trained by Ray Train (vlpuda.trainables.trial) reports its
+    checkpoint; the callback logs that trial's best delta on its child run; `vlpuda export`
+    fetches it and `vlpuda evaluate` gives the accuracy the trial reported."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    shutil.copy(empty_mlflow_db, run_dir / "mlflow.db")
+    plan = tiny_plan(tiny_files, run_dir, "real", num_samples=1, epochs=2, iters_per_epoch=2)
+
+    run_tiny_search(plan, None, trainable=real_trainable(plan))
+
+    uri = f"sqlite:///{run_dir}/mlflow.db"
+    _, _, (child,) = runs_of(uri, "real")
+    assert child.data.tags["pareto"] == "true" and child.data.tags["state"] == "COMPLETE"
+    out = tmp_path / "exported"
+    capsys.readouterr()
+    assert main(["export", "--run", child.info.run_id, "--out", str(out),
+                 "--tracking-uri", str(run_dir)]) == 0
+    assert main(["evaluate", "--checkpoint", str(out / "best_delta.safetensors")]) == 0
+    evaluated = capsys.readouterr().out
+    assert f"task head accuracy {child.data.metrics['target_acc']:.2f} %" in evaluated
+    assert f"stored parameters {int(child.data.metrics['best_epoch_stored_params']):,}" \
+        in evaluated

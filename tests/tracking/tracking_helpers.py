@@ -32,10 +32,13 @@ ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 TASKS = (("Art", "Clipart"), ("Clipart", "Art"))
 
 
-def tiny_plan(tiny_files, run_dir: Path, name: str, multi: bool = False, num_samples: int = 4):
+def tiny_plan(tiny_files, run_dir: Path, name: str, multi: bool = False, num_samples: int = 4,
+              **train: Any):
+    """A validated plan over the tiny task (`train` overrides training keys)."""
     data, model = tiny_files
     preset = tiny_train_overrides(data, model, run_dir / "train")
     preset.update(epochs=EPOCHS, iters_per_epoch=ITERS, rst=True, rst_threshold=1e-4)
+    preset.update(train)
     preset["search"] = {
         "space": "cmkd_rst", "num_samples": num_samples, "seed": 0, "name": name,
         "space_overrides": {"lr": {"low": 1e-4, "high": 1e-2},
@@ -91,9 +94,18 @@ def tiny_trainable(config: dict[str, Any], *, tasks: tuple[str, ...], out: str) 
         ray.tune.report(metrics)
 
 
+def real_trainable(plan):
+    """The search's real trial function (Ray Train, the training loop) with shared assets."""
+    from vlpuda.search.driver import build_assets, make_trainable, share
+
+    tasks, assets = build_assets(plan, log=lambda message: None)
+    return make_trainable(plan, tasks, share(assets))
+
+
 def run_tiny_search(plan, tracking_uri: str | None, extra_callbacks=(), experiment="tune-1",
-                    warn_log=None):
-    """The driver's steps: manifest, tracker, searcher, Tuner with the callback, finish."""
+                    warn_log=None, trainable=None):
+    """The driver's steps: manifest, tracker, searcher, Tuner with the callback, finish.
+    The trial is `tiny_trainable` unless a real one is given."""
     import ray.tune
 
     from vlpuda.search.searcher import ParetoOptunaSearch
@@ -116,9 +128,10 @@ def run_tiny_search(plan, tracking_uri: str | None, extra_callbacks=(), experime
                                   sampler=make_sampler("random", 0, plan.settings.num_samples),
                                   study_name=plan.study_name,
                                   storage=open_storage(plan.storage))
-    tasks = tuple(task_key(t) for t in plan.tasks)
-    trainable = ray.tune.with_parameters(tiny_trainable, tasks=tasks,
-                                         out=str(plan.run_dir / "checkpoints"))
+    if trainable is None:
+        tasks = tuple(task_key(t) for t in plan.tasks)
+        trainable = ray.tune.with_parameters(tiny_trainable, tasks=tasks,
+                                             out=str(plan.run_dir / "checkpoints"))
     results = ray.tune.Tuner(
         trainable,
         tune_config=ray.tune.TuneConfig(search_alg=searcher, num_samples=plan.settings.num_samples,
@@ -162,9 +175,10 @@ def _artifacts(client, run_id: str, path: str | None = None) -> list[str]:
     return sorted(files)
 
 
-# Tags whose values name this store's runs, users or clocks rather than the search.
+# Tags whose values name this store's runs, users or clocks rather than the search (the commit
+# is the one checked out when a parent was created: a commit between two stores' runs moves it).
 VOLATILE_TAGS = {TAG_PARENT, "mlflow.user", "mlflow.source.name", "mlflow.source.type",
-                 "mlflow.loggedArtifacts"}
+                 "mlflow.loggedArtifacts", "git_commit"}
 
 
 def snapshot(uri: str, experiment: str) -> dict[str, Any]:
@@ -203,3 +217,16 @@ def front_table(uri: str, parent_id: str, path: str = "pareto/front.json"):
 
 def read_json_artifact(client, run_id: str, path: str, tmp: Path) -> Any:
     return json.loads(Path(client.download_artifacts(run_id, path, str(tmp))).read_text())
+
+
+def differences(a: Any, b: Any, path: str = "") -> list[str]:
+    """Where two snapshots differ, as readable paths (empty when they are equal)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        found = []
+        for key in sorted(set(a) | set(b), key=str):
+            if key not in a or key not in b:
+                found.append(f"{path}/{key}: only in {'second' if key not in a else 'first'}")
+            else:
+                found += differences(a[key], b[key], f"{path}/{key}")
+        return found
+    return [] if a == b else [f"{path}: {a!r} != {b!r}"[:400]]

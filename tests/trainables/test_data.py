@@ -22,12 +22,11 @@ from vlpuda.trainables.data import (
     decode_domain,
     decoded_from_arrays,
     list_imagefolder,
-    normalize,
+    model_input,
     read_image_list,
     strong_views,
     train_views,
 )
-from vlpuda.trainables.data import eval_views
 
 # Real Office-Home names; 'TV' < 'Table' < ... only under a case-sensitive sort.
 OFFICE_HOME_CLASSES = ["Alarm_Clock", "TV", "Table", "Bike", "the_lowercase"]
@@ -304,13 +303,12 @@ def _left_white(b: int, s: int) -> torch.Tensor:
     return img
 
 
-def test_train_views_deterministic_and_in_range() -> None:
+def test_train_views_deterministic_and_uint8() -> None:
     imgs = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (6, 20, 20, 3), np.uint8))
     a = train_views(imgs, crop=16, pad=2, hflip=True, generator=torch.Generator().manual_seed(1))
     b = train_views(imgs, crop=16, pad=2, hflip=True, generator=torch.Generator().manual_seed(1))
     c = train_views(imgs, crop=16, pad=2, hflip=True, generator=torch.Generator().manual_seed(2))
-    assert a.shape == (6, 3, 16, 16) and a.dtype == torch.float32
-    assert 0.0 <= a.min() and a.max() <= 1.0
+    assert a.shape == (6, 16, 16, 3) and a.dtype == torch.uint8
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
@@ -318,32 +316,38 @@ def test_train_views_crop_is_a_window_of_the_padded_image() -> None:
     imgs = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (8, 10, 10, 3), np.uint8))
     gen = torch.Generator().manual_seed(0)
     out = train_views(imgs, crop=10, pad=3, hflip=False, generator=gen)
-    padded = torch.nn.functional.pad(imgs.permute(0, 3, 1, 2).float() / 255, (3, 3, 3, 3))
+    padded = torch.nn.functional.pad(imgs, (0, 0, 3, 3, 3, 3))  # zero borders, H and W
+    offsets = set()
     for i in range(8):
-        windows = [padded[i, :, y : y + 10, x : x + 10] for y in range(7) for x in range(7)]
-        assert any(torch.equal(out[i], w) for w in windows)
+        windows = {(y, x): padded[i, y : y + 10, x : x + 10] for y in range(7) for x in range(7)}
+        matches = [at for at, w in windows.items() if torch.equal(out[i], w)]
+        assert matches, i
+        offsets.add(matches[0])
+    assert len(offsets) > 1  # random offsets, not one fixed window
 
 
 def test_train_views_flip_flips() -> None:
     imgs = _left_white(32, 8)
     gen = torch.Generator().manual_seed(0)
     out = train_views(imgs, crop=8, pad=0, hflip=True, generator=gen)
-    left_white = out[:, 0, 0, 0] == 1.0
-    flipped = out[:, 0, 0, -1] == 1.0
+    left_white = out[:, 0, 0, 0] == 255
+    flipped = out[:, 0, -1, 0] == 255
     assert torch.all(left_white ^ flipped)  # each view is the image or its mirror
+    assert torch.equal(out[flipped], imgs[flipped].flip(2))
     assert 0 < int(flipped.sum()) < 32
     unflipped = train_views(imgs, crop=8, pad=0, hflip=False, generator=gen)
-    assert torch.equal(unflipped, eval_views(imgs))
+    assert torch.equal(unflipped, imgs)
 
 
-def test_eval_views_and_normalize() -> None:
-    imgs = torch.full((2, 4, 4, 3), 255, dtype=torch.uint8)
-    x = eval_views(imgs)
-    assert x.shape == (2, 3, 4, 4) and torch.all(x == 1.0)
-    y = normalize(x, mean=(0.5, 0.25, 0.0), std=(0.5, 0.25, 2.0))
-    assert torch.allclose(y[:, 0], torch.tensor(1.0))
-    assert torch.allclose(y[:, 1], torch.tensor(3.0))
-    assert torch.allclose(y[:, 2], torch.tensor(0.5))
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_model_input_normalises_per_channel(layout) -> None:
+    imgs = torch.tensor([0, 51, 255], dtype=torch.uint8).view(1, 1, 1, 3).expand(2, 4, 5, 3)
+    x = model_input(imgs, mean=(0.5, 0.25, 0.0), std=(0.5, 0.25, 2.0), memory_format=layout)
+    assert x.shape == (2, 3, 4, 5) and x.dtype == torch.float32
+    assert x.is_contiguous(memory_format=layout)
+    # (v / 255 - mean) / std by hand: (0 - .5) / .5, (.2 - .25) / .25, (1 - 0) / 2
+    for channel, expected in enumerate((-1.0, -0.2, 0.5)):
+        assert torch.allclose(x[:, channel], torch.tensor(expected), atol=1e-6)
 
 
 def test_strong_views_shape_and_determinism() -> None:
@@ -356,11 +360,11 @@ def test_strong_views_shape_and_determinism() -> None:
     assert torch.equal(torch.rand(3), expected_global)
     b = strong_views(imgs, crop=16, generator=torch.Generator().manual_seed(7))
     c = strong_views(imgs, crop=16, generator=torch.Generator().manual_seed(8))
-    assert a.shape == (4, 3, 16, 16) and a.dtype == torch.float32
-    assert 0.0 <= a.min() and a.max() <= 1.0
+    assert a.shape == (4, 16, 16, 3) and a.dtype == torch.uint8
     assert torch.equal(a, b) and not torch.equal(a, c)
-    # Strongly augmented: not just the center crop.
-    assert not torch.equal(a, eval_views(imgs[:, 4:20, 4:20]))
+    # Strongly augmented: neither the center crop nor its mirror.
+    center = imgs[:, 4:20, 4:20]
+    assert not torch.equal(a, center) and not torch.equal(a, center.flip(2))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -370,4 +374,4 @@ def test_train_views_are_device_independent() -> None:
     gpu = train_views(imgs.cuda(), 16, 2, True, torch.Generator().manual_seed(4))
     assert gpu.device.type == "cuda" and torch.equal(gpu.cpu(), cpu)
     strong = strong_views(imgs.cuda(), 16, torch.Generator().manual_seed(4))
-    assert strong.shape == (8, 3, 16, 16) and strong.device.type == "cuda"
+    assert strong.shape == (8, 16, 16, 3) and strong.device.type == "cuda"

@@ -399,6 +399,21 @@ def test_head_batchnorm_normalises_each_batch_alone(loaded: LoadedClip) -> None:
     assert not torch.allclose(mixed[:3], together[0][0], atol=1e-3)
 
 
+def test_one_encoder_pass_equals_encoding_each_domain_alone() -> None:
+    # The ResNet tower encodes source and target in one concatenated pass: with its BatchNorm
+    # statistics frozen that must equal encoding each batch by itself, in train mode too.
+    torch.manual_seed(0)
+    student = _student(load_clip("tiny-rn-test", None)).train()
+    source, target = torch.randn(3, 3, 32, 32), 2.0 * torch.randn(4, 3, 32, 32) + 1.0
+    with torch.no_grad():
+        together = student(source, target)
+        alone = [student.visual(source), student.visual(target)]
+    for (task, clip), feats in zip(together, alone, strict=True):
+        assert task.shape == (len(feats), len(CLASSES))
+        cos = (feats / feats.norm(dim=1, keepdim=True)) @ student.prototypes.T
+        assert torch.allclose(clip, 100.0 * cos, atol=1e-4)
+
+
 def test_visual_tower_releases_the_text_tower(loaded: LoadedClip) -> None:
     model = loaded.model
     visual = model.visual

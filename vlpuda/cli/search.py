@@ -8,6 +8,7 @@ from vlpuda.cli.common import add_config_arguments, collect_overrides
 from vlpuda.config import read_yaml
 from vlpuda.errors import ConfigError
 from vlpuda.search.settings import SAMPLERS, build_plan, describe_plan, split_overrides
+from vlpuda.tracking.settings import tracking_settings, with_cli_choices
 
 
 def add_parser(subparsers) -> None:
@@ -29,6 +30,10 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--sampler", choices=SAMPLERS, help="Optuna sampler (default tpe)")
     parser.add_argument("--resume", metavar="RUN_DIR",
                         help="continue a crashed or interrupted search from its run dir")
+    parser.add_argument("--tracking-uri", help="MLflow tracking server (http://host:5000) or "
+                        "database URL (tracking.uri; default: RUN_DIR/mlflow.db)")
+    parser.add_argument("--no-tracking", action="store_true",
+                        help="log nothing to MLflow (tracking.enabled: false)")
     parser.set_defaults(run=run)
 
 
@@ -40,7 +45,8 @@ def _search_flags(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> int:
     overrides = collect_overrides(args)
     if args.resume:
-        given = args.config or overrides or _search_flags(args)
+        given = (args.config or overrides or _search_flags(args) or args.tracking_uri
+                 or args.no_tracking)
         if given:
             raise ConfigError(["--resume: the run dir's search.json holds the settings; "
                                "drop --config, flags and key=value overrides"])
@@ -53,7 +59,11 @@ def run(args: argparse.Namespace) -> int:
                            "(e.g. configs/demo.yaml), or --resume RUN_DIR"])
     train_overrides, search_overrides = split_overrides(overrides)
     search_overrides.update(_search_flags(args))
-    plan = build_plan(read_yaml(args.config), train_overrides, search_overrides, args.config)
+    # The tracking choice goes into the preset, so the manifest keeps it for --resume and sync.
+    raw = with_cli_choices(read_yaml(args.config), args.tracking_uri,
+                           False if args.no_tracking else None)
+    tracking_settings(raw, args.config)  # a bad tracking section fails here, before Ray
+    plan = build_plan(raw, train_overrides, search_overrides, args.config)
     print("\n".join(describe_plan(plan)), flush=True)
     # Ray and torch are imported only once the config is known to be good.
     from vlpuda.search.driver import run_search

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import math
 import os
+import socket
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vlpuda.config import TrainConfig
 from vlpuda.errors import ConfigError, VlpudaError
@@ -26,16 +29,25 @@ from vlpuda.search.study import (
     fail_running_trials,
     load_study,
     make_sampler,
+    new_experiment_name,
     open_storage,
     read_manifest,
     write_manifest,
 )
+
+if TYPE_CHECKING:
+    from vlpuda.tracking.tracker import SearchTracker
 
 Log = Callable[[str], None]
 
 LOCAL_DIR = "local-dir:"  # open_clip's prefix for a model folder
 # Tune reserves one logical CPU per trial for the trial's driver process (it mostly waits).
 TRIAL_DRIVER_CPUS = 1
+# The custom resource of cluster.yaml's on-demand `cpu_driver` nodes. A trial's driver that
+# reserves a sliver of it runs there, never on a spot GPU node: losing a GPU node then costs
+# the trial its workers only, which it restarts from their last checkpoint.
+TRAIN_DRIVER = "TRAIN_DRIVER"
+TRAIN_DRIVER_SHARE = 0.01
 
 
 def _log(message: str) -> None:
@@ -67,8 +79,31 @@ def local_cluster_cpus(settings: SearchSettings, cores: int, gpus: int) -> int:
     return max(cores, math.ceil(concurrency * trial_cpus(settings)))
 
 
+def driver_resources(settings: SearchSettings, cluster: dict[str, float]) -> dict[str, float]:
+    """What each trial's driver reserves: search.driver_resources, else 1 CPU and, where the
+    cluster offers TRAIN_DRIVER, a sliver of it."""
+    if settings.driver_resources is not None:
+        return dict(settings.driver_resources)
+    if cluster.get(TRAIN_DRIVER, 0) > 0:
+        return {"CPU": TRIAL_DRIVER_CPUS, TRAIN_DRIVER: TRAIN_DRIVER_SHARE}
+    return {"CPU": TRIAL_DRIVER_CPUS}
+
+
+def trial_resources(settings: SearchSettings, cluster: dict[str, float]) -> dict[str, float]:
+    """Everything one trial holds while it trains: its driver plus all its Train workers."""
+    workers = settings.workers_per_trial
+    per_worker = {"CPU": settings.cpus_per_worker, "GPU": settings.gpus_per_trial / workers,
+                  **settings.worker_resources}
+    demand = driver_resources(settings, cluster)
+    for name, amount in per_worker.items():
+        demand[name] = demand.get(name, 0.0) + workers * amount
+    return {name: amount for name, amount in demand.items() if amount > 0}
+
+
 def derive_concurrency(settings: SearchSettings, resources: dict[str, float]) -> int:
-    """Trials that fit the cluster at once: by GPUs when trials use them, else by CPUs.
+    """Trials that fit the cluster at once: the scarcest resource a trial needs (GPUs or a
+    custom accelerator resource when trials use them, else CPUs) decides. Totals over all nodes:
+    a trial's workers may spread over nodes, its driver may sit on a CPU-only node.
 
     Raises:
         VlpudaError: when not even one trial fits (and no max_concurrent_trials was given, as an
@@ -76,17 +111,16 @@ def derive_concurrency(settings: SearchSettings, resources: dict[str, float]) ->
     """
     if settings.max_concurrent_trials:
         return min(settings.max_concurrent_trials, settings.num_samples)
-    cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
-    concurrency = int(cpus // trial_cpus(settings) + 1e-9)
-    if settings.gpus_per_trial > 0:
-        concurrency = min(concurrency, int(gpus / settings.gpus_per_trial + 1e-9))
+    demand = trial_resources(settings, resources)
+    concurrency = min(int(resources.get(name, 0.0) / amount + 1e-9)
+                      for name, amount in demand.items())
     if concurrency < 1:
+        needs = " and ".join(f"{amount:g} {name}" for name, amount in demand.items())
+        has = " and ".join(f"{resources.get(name, 0.0):g} {name}" for name in demand)
         raise VlpudaError(
-            f"one trial needs {trial_cpus(settings):g} CPU"
-            + (f" and {settings.gpus_per_trial:g} GPU" if settings.gpus_per_trial else "")
-            + f" but the cluster has {cpus:g} CPU and {gpus:g} GPU; lower "
-            "search.workers_per_trial / cpus_per_worker / gpus_per_trial, or set "
-            "search.max_concurrent_trials if the cluster adds nodes on demand"
+            f"one trial needs {needs} but the cluster has {has}; lower "
+            "search.workers_per_trial / cpus_per_worker / gpus_per_trial / worker_resources, "
+            "or set search.max_concurrent_trials if the cluster adds nodes on demand"
         )
     return min(concurrency, settings.num_samples)
 
@@ -104,16 +138,43 @@ def ray_running(settings: SearchSettings, log: Log = _log) -> Iterator[None]:
             ray.shutdown()
 
 
+def running_cluster_address(timeout: float = 1.0) -> str | None:
+    """The address of a Ray started with `ray start` on this machine (a cluster's head node, as
+    `ray exec` and `ray attach` reach it), or None. Ray records it in its temp dir; a record left
+    by a Ray that has since died is ignored (Ray itself would wait on it for minutes)."""
+    root = os.environ.get("RAY_TMPDIR") or (
+        "/tmp" if sys.platform.startswith("linux") else tempfile.gettempdir())
+    temp = Path(root) / "ray" / "ray_current_cluster"
+    try:
+        address = temp.read_text().strip()
+        host, port = address.rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return address
+    except (OSError, ValueError):
+        return None
+
+
 def connect_ray(settings: SearchSettings, log: Log = _log) -> bool:
-    """Start a local Ray, or connect to the cluster at RAY_ADDRESS. Returns whether this call did
-    it (and so should shut it down); an already initialised Ray is used as it is."""
+    """Connect to the cluster at RAY_ADDRESS or to the Ray already running on this machine, else
+    start a local Ray sized for the search. Returns whether this call did it (and so should shut
+    it down); an already initialised Ray is used as it is."""
     import ray
 
     if ray.is_initialized():
         return False
-    if os.environ.get("RAY_ADDRESS"):
-        log(f"connecting to the Ray cluster at {os.environ['RAY_ADDRESS']}")
-        ray.init()
+    address = os.environ.get("RAY_ADDRESS")
+    if not address and (address := running_cluster_address()):
+        log(f"found the Ray started on this machine at {address}; set RAY_ADDRESS to use "
+            "another cluster")
+    if address:
+        log(f"connecting to the Ray cluster at {address}")
+        # Ray Train's placement-group cleaner finds the State API through RAY_ADDRESS, else by
+        # looking for a Ray on its own host; on a host running two Rays it gives up, and each
+        # trial stopped early keeps its workers' CPUs and GPUs until the search ends. Every
+        # process of this search (trials, Train controllers, cleaners) inherits the address.
+        plain = "://" not in address and address != "auto"  # not ray:// (Ray Client)
+        ray.init(address=address,
+                 runtime_env={"env_vars": {"RAY_ADDRESS": address}} if plain else None)
         return True
     # A local cluster needs no token auth; without this Ray writes ~/.ray/auth_token and warns.
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -124,7 +185,8 @@ def connect_ray(settings: SearchSettings, log: Log = _log) -> bool:
     cores = os.cpu_count() or 1
     cpus = local_cluster_cpus(settings, cores, torch.cuda.device_count())
     log(f"starting a local Ray with {cpus} logical CPUs on {cores} cores")
-    ray.init(num_cpus=cpus)
+    # "local": a new Ray even where a dead one left its address behind.
+    ray.init(address="local", num_cpus=cpus)
     return True
 
 
@@ -187,9 +249,12 @@ def make_trainable(plan: SearchPlan, tasks: tuple[dict[str, Any], ...], refs: li
     s = plan.settings
     setup = TrialSetup(tasks=tasks, num_workers=s.workers_per_trial,
                        cpus_per_worker=s.cpus_per_worker, gpus_per_trial=s.gpus_per_trial,
+                       worker_resources=s.worker_resources,
                        storage_path=str(Path(plan.ray_storage) / "train")
                        if "://" not in plan.ray_storage else f"{plan.ray_storage}/train")
-    return ray.tune.with_parameters(run_trial, setup=setup, assets=refs)
+    trainable = ray.tune.with_parameters(run_trial, setup=setup, assets=refs)
+    # Where the trial's driver runs (its Train workers get their own placement group).
+    return ray.tune.with_resources(trainable, driver_resources(s, ray.cluster_resources()))
 
 
 # ---- the study and the Tuner -----------------------------------------------------------------
@@ -220,7 +285,8 @@ def make_searcher(plan: SearchPlan, experiment: str, first_points: list[dict[str
     )
 
 
-def make_tuner(plan: SearchPlan, trainable, searcher, concurrency: int, experiment: str):
+def make_tuner(plan: SearchPlan, trainable, searcher, concurrency: int, experiment: str,
+               callbacks: tuple = ()):
     import ray.tune
 
     from vlpuda.search.progress import ProgressLines
@@ -241,7 +307,7 @@ def make_tuner(plan: SearchPlan, trainable, searcher, concurrency: int, experime
             storage_path=plan.ray_storage,
             stop=StoredParamsBudget(budget) if budget else None,
             callbacks=[ProgressLines(tuple(d.name for d in plan.space.searched), plan.epochs,
-                                     s.num_samples, budget)],
+                                     s.num_samples, budget), *callbacks],
             failure_config=ray.tune.FailureConfig(max_failures=s.max_failures),
             verbose=0,  # ProgressLines prints one line per event instead of Tune's tables
         ),
@@ -321,15 +387,19 @@ def run_search(plan: SearchPlan, log: Log = _log) -> Front:
         # The first trial of a new study trains the preset's (paper) defaults. They go in as
         # points_to_evaluate: OptunaSearch's evaluated_rewards is broken for two objectives.
         first = [] if trials_before else [plan.defaults_point]
-        experiment = f"tune-{time.strftime('%Y%m%d-%H%M%S')}"
+        experiment = new_experiment_name()
         searcher = make_searcher(plan, experiment, first)
         write_manifest(plan.run_dir, _manifest(plan, experiment, "running"))
+        # MLflow: a parent run now, a child per trial from the Tune driver, the front at the end.
+        from vlpuda.tracking.tracker import open_search_tracker
+
+        tracker = open_search_tracker(plan, experiment, log)
         log(f"running {plan.settings.num_samples} trials, up to {concurrency} at a time; "
             f"resume after an interruption with: vlpuda search --resume {plan.run_dir}")
         tuner = make_tuner(plan, make_trainable(plan, tasks, refs), searcher, concurrency,
-                           experiment)
+                           experiment, (tracker.tune_callback(),) if tracker else ())
         results = tuner.fit()
-        return finish(plan, experiment, results, log)
+        return finish(plan, experiment, results, log, tracker)
 
 
 def resume_search(run_dir: str | Path, log: Log = _log) -> Front:
@@ -360,10 +430,15 @@ def resume_search(run_dir: str | Path, log: Log = _log) -> Front:
                                  "updated": time.strftime("%Y-%m-%d %H:%M:%S")})
         # Unfinished and errored trials continue (each from its last Train checkpoint); the
         # searcher's state comes back from the experiment's snapshot.
+        # The restored Tuner brings its MLflow callback back (it finds its runs by their tags);
+        # this tracker writes the front at the end.
+        from vlpuda.tracking.tracker import open_search_tracker
+
+        tracker = open_search_tracker(plan, experiment, log)
         tuner = ray.tune.Tuner.restore(path, trainable=make_trainable(plan, tasks, refs),
                                        resume_unfinished=True, resume_errored=True)
         results = tuner.fit()
-        return finish(plan, experiment, results, log)
+        return finish(plan, experiment, results, log, tracker)
 
 
 def _experiment_path(plan: SearchPlan, experiment: str) -> str:
@@ -372,29 +447,32 @@ def _experiment_path(plan: SearchPlan, experiment: str) -> str:
     return str(Path(plan.ray_storage) / experiment)
 
 
-def finish(plan: SearchPlan, experiment: str, results, log: Log = _log) -> Front:
-    """Account for every trial, close leftovers, print the front and write it to the run dir."""
+def finish(plan: SearchPlan, experiment: str, results, log: Log = _log,
+           tracker: SearchTracker | None = None) -> Front:
+    """Account for every trial, print the front and write it to the run dir. A finished run's
+    leftover RUNNING study trials are marked FAIL; an interrupted one (Ctrl-C) is left to resume."""
     study = load_study({"study_name": plan.study_name, "storage": plan.storage})
-    # Tune has finished every trial: one of ours still RUNNING in the study is an orphan.
-    leftovers = fail_running_trials(study, experiment)
-    statuses: dict[str, int] = {}
-    for result in results:
-        status = "errored" if result.error else "finished"
-        statuses[status] = statuses.get(status, 0) + 1
-    ran = sum(statuses.values())
-    log(f"{ran} of {plan.settings.num_samples} planned trials ran ("
-        + ", ".join(f"{n} {s}" for s, n in sorted(statuses.items())) + ")"
-        + (f"; {len(leftovers)} orphaned study trial(s) marked FAIL" if leftovers else ""))
-    if ran < plan.settings.num_samples:
-        log(f"warning: {plan.settings.num_samples - ran} planned trials did not run; "
-            f"run `vlpuda search --resume {plan.run_dir}` again")
+    planned = plan.settings.num_samples
+    terminated, errored = results.num_terminated, results.num_errors
+    unfinished = planned - terminated - errored
+    log(f"{terminated + errored} of {planned} planned trials finished ({terminated} terminated, "
+        f"{errored} errored)" + (f", {unfinished} not finished" if unfinished else ""))
+    if unfinished:
+        log(f"the search was interrupted: continue it with `vlpuda search --resume "
+            f"{plan.run_dir}`; the front so far:")
+    else:
+        # Tune has finished every trial: one of ours still RUNNING in the study is an orphan.
+        leftovers = fail_running_trials(study, experiment)
+        if leftovers:
+            log(f"{len(leftovers)} orphaned study trial(s) marked FAIL: {leftovers}")
     front = front_of(study)
     log(format_front(front))
     paths = write_front(front, plan.run_dir)
     log(f"front written to {', '.join(str(p) for p in paths)}; "
         f"print it again with: vlpuda pareto {plan.run_dir}")
+    if tracker is not None:  # never raises: a tracking failure only warns
+        tracker.finish(study, finished=not unfinished)
     manifest = read_manifest(plan.run_dir)
-    write_manifest(plan.run_dir, {**manifest, "status": "finished",
+    write_manifest(plan.run_dir, {**manifest, "status": "running" if unfinished else "finished",
                                   "updated": time.strftime("%Y-%m-%d %H:%M:%S")})
     return front
-

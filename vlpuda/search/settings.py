@@ -12,6 +12,8 @@ collected and one ConfigError lists them all, each naming its key (`search.num_s
       num_samples: 16
       workers_per_trial: 1            # Ray Train workers (DDP) per trial
       gpus_per_trial: 0.5             # shared by a trial's workers; fractions share a GPU
+      worker_resources: {"accelerator_type:A10G": 0.01}   # custom resources per worker
+      driver_resources: null          # 1 CPU (+ 0.01 TRAIN_DRIVER where the cluster has it)
       early_stopping: {asha: true, grace_period: 5}
       stored_params_budget: 2.0e+6    # stop (and prune) trials that store more
       tasks: [[Art, Clipart], [Product, Clipart]]
@@ -23,7 +25,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -69,6 +71,13 @@ class SearchSettings(BaseModel):
     workers_per_trial: int = Field(1, gt=0)
     gpus_per_trial: float = Field(0.0, ge=0)
     cpus_per_worker: float = Field(1.0, gt=0)
+    # Custom Ray resources each Train worker reserves besides CPU/GPU: on a mixed cluster,
+    # {"accelerator_type:A10G": 0.01} picks a GPU type (Ray gives each GPU node that resource).
+    worker_resources: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
+    # What each trial's driver (the Tune trial running the TorchTrainer) reserves. None: 1 CPU,
+    # plus a sliver of TRAIN_DRIVER when the cluster has it (cluster.yaml's on-demand cpu_driver
+    # nodes), so that losing a spot GPU node never takes a trial's driver with it.
+    driver_resources: dict[str, Annotated[float, Field(ge=0)]] | None = None
     max_concurrent_trials: int | None = Field(None, gt=0)
     max_failures: int = Field(1, ge=0)  # retries per trial; a retry resumes from its checkpoint
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
@@ -203,6 +212,13 @@ def _task_configs(cfg: TrainConfig, settings: SearchSettings, problems: list[str
 def _resource_problems(settings: SearchSettings, tasks: list[TrainConfig]) -> list[str]:
     problems = []
     gpus, workers = settings.gpus_per_trial, settings.workers_per_trial
+    problems += [f"{SEARCH_KEY}.worker_resources.{name}: set search.cpus_per_worker / "
+                 "gpus_per_trial instead" for name in settings.worker_resources
+                 if name in ("CPU", "GPU")]
+    driver = settings.driver_resources
+    if driver is not None and not any(amount > 0 for amount in driver.values()):
+        problems.append(f"{SEARCH_KEY}.driver_resources: a trial's driver must reserve "
+                        "something, e.g. {CPU: 1} (Ray cannot place an empty request)")
     per_worker = gpus / workers
     if per_worker > 1 and not per_worker.is_integer():
         problems.append(
@@ -251,20 +267,27 @@ def _space_and_defaults(cfg: TrainConfig, settings: SearchSettings, source: str 
 
 def _trial_config_problems(tasks: list[TrainConfig], space: SearchSpace,
                            point: dict[str, Any]) -> list[str]:
-    """The defaults point, as a trial would receive it, must be a valid training config."""
+    """The first trial's config, built by the space exactly as a trial gets it (constants and
+    the derived rst_threshold included), must be a valid training config for every task."""
+    import optuna
+
     from vlpuda.trainables.params import apply_params
 
-    config = dict(space.constants)
-    config.update({d.name: d.value for d in space.dimensions if not d.searched})
-    config.update(point)
+    # Dimensions without a default take their lower bound (or first choice) for this check.
+    params: dict[str, Any] = {
+        d.name: d.choices[0] if d.kind == "categorical" else int(d.low) if d.kind == "int"
+        else d.low for d in space.searched}
+    params.update(point)
+    config = space(optuna.trial.FixedTrial(params))
     problems = []
-    for task in tasks[:1]:
+    for task in tasks:
         try:
             apply_params(task, config)
         except ValidationError as err:
             problems.extend(f"{SEARCH_KEY}.space ({space.name}): its trials would get an invalid "
-                            f"config: {e['loc']}: {e['msg']}" for e in err.errors())
-    return problems
+                            f"config: {'.'.join(map(str, e['loc']))}: {e['msg']}"
+                            for e in err.errors())
+    return list(dict.fromkeys(problems))
 
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -343,7 +366,8 @@ def describe_plan(plan: SearchPlan) -> list[str]:
         f"space {plan.space.name}",
         f"  tasks: {tasks}; {plan.epochs} epochs x {plan.tasks[0].iters_per_epoch} iterations",
         f"  per trial: {s.workers_per_trial} worker(s) x {s.cpus_per_worker:g} CPU"
-        + (f", {s.gpus_per_trial:g} GPU" if s.gpus_per_trial else ""),
+        + (f", {s.gpus_per_trial:g} GPU" if s.gpus_per_trial else "")
+        + "".join(f", {n:g} {name} per worker" for name, n in s.worker_resources.items()),
         f"  early stopping: {stopping}",
         f"  run dir: {plan.run_dir}",
         f"  study: {plan.study_name} in {plan.storage}",

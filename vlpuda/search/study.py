@@ -9,6 +9,8 @@ and the preset, so `--resume` and `pareto` need nothing else), `optuna.db` (the 
 from __future__ import annotations
 
 import json
+import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,8 @@ TUNE_TRIAL_ID = "tune_trial_id"
 # The Tune experiment that asked for a trial: cleanup after a crash touches only its own trials,
 # never those of another search sharing the study.
 EXPERIMENT = "tune_experiment"
+# Experiment names carry their start time, which tells a crashed driver's unannotated trials.
+EXPERIMENT_FORMAT = "tune-%Y%m%d-%H%M%S"
 # Result keys kept on each Optuna trial, so the front table can say where a trial's delta is.
 KEPT_METRICS = ("target_acc_last", "epoch", "delta_bytes", "checkpoint_path")
 DIRECTIONS = ["maximize" if m == "max" else "minimize" for m in MODES]
@@ -69,13 +73,39 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     return optuna.storages.RDBStorage(url)
 
 
+def new_experiment_name() -> str:
+    """A Tune experiment name for a search starting now."""
+    return time.strftime(EXPERIMENT_FORMAT)
+
+
+def experiment_started(experiment: str) -> datetime | None:
+    """When an experiment named by `new_experiment_name` started (local time, as Optuna stores
+    trial start times); None for a name of another form."""
+    try:
+        return datetime.strptime(experiment, EXPERIMENT_FORMAT)
+    except ValueError:
+        return None
+
+
+def is_orphan_candidate(trial: optuna.trial.FrozenTrial, experiment: str) -> bool:
+    """Whether a RUNNING trial belongs to `experiment`: it carries its name, or it carries none
+    and started after the experiment did. The attribute is written just after Optuna creates the
+    trial, so a driver killed in between leaves a RUNNING trial without it."""
+    owner = trial.user_attrs.get(EXPERIMENT)
+    if owner is not None:
+        return owner == experiment
+    started = experiment_started(experiment)
+    return started is not None and trial.datetime_start is not None \
+        and trial.datetime_start >= started
+
+
 def fail_running_trials(study: optuna.Study, experiment: str,
                         keep: set[int] | None = None) -> list[int]:
     """Mark the RUNNING trials that `experiment` asked for FAIL, except the numbers in `keep`;
     returns the numbers marked. Only call this when nothing is running them any more."""
     marked = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if trial.user_attrs.get(EXPERIMENT) != experiment or (keep and trial.number in keep):
+        if not is_orphan_candidate(trial, experiment) or (keep and trial.number in keep):
             continue
         study.tell(trial.number, state=TrialState.FAIL)
         marked.append(trial.number)

@@ -67,7 +67,10 @@ def make_space(rst_mode: str, fixmatch: bool) -> SearchSpace:
         *RST_DIMENSIONS[rst_mode],
         *(FIXMATCH_DIMENSIONS if fixmatch else ()),
     )
-    constants = {"rst": rst_mode != "off", "rst_mode": rst_mode, "fixmatch": fixmatch}
+    # In the trainer's vocabulary: the dense variant is rst=False (its rst_mode is then unused).
+    constants = {"rst": rst_mode != "off", "fixmatch": fixmatch}
+    if rst_mode != "off":
+        constants["rst_mode"] = rst_mode
     return SearchSpace(name, dimensions, constants)
 
 

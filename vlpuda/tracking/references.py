@@ -5,8 +5,8 @@ objectives: the mean target accuracy over the search's tasks and the stored para
 them. The paper sums DSP over a benchmark's tasks, so one task's share is the total divided by the
 number of tasks (Office-Home: 12). Rows the paper gives per task (Office-Home, Table I) are
 averaged over the search's tasks; rows it gives only as a benchmark mean (the Fig. 4 threshold
-sweep, the other benchmarks) are labelled as such. Zero-shot CLIP stores nothing (0 parameters) and is drawn
-as a horizontal line rather than a point on the log axis.
+sweep, the other benchmarks) are labelled as such. Zero-shot CLIP stores nothing (0 parameters)
+and is drawn as a horizontal line rather than a point on the log axis.
 """
 
 from __future__ import annotations

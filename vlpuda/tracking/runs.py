@@ -18,6 +18,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Iterable, Mapping
+from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +125,7 @@ class Recorder:
         self.parent_created = False  # whether open_parent made the parent (or found it)
         self.children: dict[str, Run] = {}  # Tune trial id -> run, as last read or created
         self._steps: dict[str, dict[str, set[int]]] = {}  # run id -> metric -> steps logged
+        self._created: set[str] = set()  # runs made here: nothing to look up on them
 
     # ---- the parent ---------------------------------------------------------------------------
     def open_parent(self) -> str:
@@ -133,7 +135,9 @@ class Recorder:
                            f"and tags.`{TAG_KIND}` = 'search'")
         if found:
             run = min(found, key=lambda r: r.info.start_time or 0)
-            set_tags(self.client, run.info.run_id, self.info.tags, run.data.tags)
+            # Only the tags it lacks: the commit and versions that started the search stay.
+            missing = {k: v for k, v in self.info.tags.items() if k not in run.data.tags}
+            set_tags(self.client, run.info.run_id, missing)
         else:
             run = self.client.create_run(self.experiment_id, tags=self.info.tags,
                                          run_name=self.info.name)
@@ -175,15 +179,19 @@ class Recorder:
         """The trial's child run, found or created, with its params (the trial's config)."""
         run = self.children.get(trial_id)
         tags = self.child_tags(trial_id, index)
+        params = flat_params(config)
         if run is None:
             run = self.client.create_run(self.experiment_id, start_time=start_ms, tags=tags,
                                          run_name=tags[TAG_RUN_NAME])
             self._steps[run.info.run_id] = {}  # new: nothing logged yet, no need to ask
+            self._created.add(run.info.run_id)
+            log_new_params(self.client, run, params)
+            run.data.params.update(params)  # as the store now has them, without asking again
         else:
             set_tags(self.client, run.info.run_id, tags, run.data.tags)
-        log_new_params(self.client, run, flat_params(config))
-        self.children[trial_id] = self.client.get_run(run.info.run_id)
-        return self.children[trial_id]
+            log_new_params(self.client, run, params)
+        self.children[trial_id] = run
+        return run
 
     def _logged_steps(self, run: Run, keys: set[str]) -> dict[str, set[int]]:
         """Steps already in the run's histories, read once per run and metric."""
@@ -196,12 +204,17 @@ class Recorder:
                 known[key] = set()
         return known
 
-    def log_metrics(self, run: Run, metrics: list[Metric]) -> int:
-        """Log the metrics whose (key, step) the run does not hold yet; returns how many."""
+    def log_metrics(self, run: Run, metrics: list[Metric],
+                    tags: Mapping[str, str] | None = None) -> int:
+        """Log the metrics whose (key, step) the run does not hold yet, and the tags whose value
+        differs, in as few requests as MLflow's limits allow; returns how many metrics."""
         known = self._logged_steps(run, {m.key for m in metrics})
         new = [m for m in metrics if m.step not in known[m.key]]
-        for chunk in _chunks(new, MAX_METRICS):
-            self.client.log_batch(run.info.run_id, metrics=chunk)
+        changed = [RunTag(k, str(v)) for k, v in (tags or {}).items()
+                   if run.data.tags.get(k) != str(v)]
+        for batch_metrics, batch_tags in zip_longest(_chunks(new, MAX_METRICS),
+                                                     _chunks(changed, MAX_TAGS), fillvalue=[]):
+            self.client.log_batch(run.info.run_id, metrics=batch_metrics, tags=batch_tags)
         for m in new:
             known[m.key].add(m.step)
         return len(new)
@@ -219,7 +232,10 @@ class Recorder:
 
     def log_delta(self, run: Run, checkpoint: str | None) -> bool:
         """Upload the trial's best delta(s) under `delta/`, unless the run has them already."""
-        if not checkpoint or self.client.list_artifacts(run.info.run_id, DELTA_ARTIFACT_DIR):
+        if not checkpoint:
+            return False
+        if run.info.run_id not in self._created and \
+                self.client.list_artifacts(run.info.run_id, DELTA_ARTIFACT_DIR):
             return False
         with tempfile.TemporaryDirectory(prefix="vlpuda-delta-") as tmp:
             files = fetch_best_deltas(checkpoint, list(self.info.tasks), Path(tmp))
@@ -241,11 +257,6 @@ class Recorder:
                 when the study has no word on it.
         """
         last = rows[-1] if rows else {}
-        if rows:
-            stamp = result_timestamp_ms(last, time.time())
-            summary = [Metric(k, v, stamp, result_step(last))
-                       for k, v in summary_metrics(rows, self.info.tasks).items()]
-            self.log_metrics(run, summary)
         uploaded = self.log_delta(run, last.get("checkpoint_path"))
         if outcome is None:
             state, reason = trial_outcome(last, error, self.info.epochs, self.info.budget)
@@ -253,7 +264,13 @@ class Recorder:
         tags = {TAG_STATE: outcome[0]}
         if outcome[0] != "COMPLETE":
             tags[TAG_STOPPED_BY] = outcome[1]
-        set_tags(self.client, run.info.run_id, tags, run.data.tags)
+        summary = []
+        if rows:
+            stamp = result_timestamp_ms(last, time.time())
+            summary = [Metric(k, v, stamp, result_step(last))
+                       for k, v in summary_metrics(rows, self.info.tasks).items()]
+        # One request for the summary metrics and the state tags.
+        self.log_metrics(run, summary, tags)
         if run.info.status not in TERMINAL:
             status = RunStatus.FAILED if error else RunStatus.FINISHED
             end = result_timestamp_ms(last, time.time()) if rows else None

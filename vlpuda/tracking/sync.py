@@ -54,11 +54,17 @@ class SyncSummary:
 
 
 def _plan(run_dir: Path, manifest: dict):
+    """The search's plan as the search itself had it: where things live comes from the manifest
+    (absolute), not from a preset's paths read relative to today's working directory."""
     from vlpuda.search.settings import build_plan
 
+    section = manifest["raw"].get("search") or {}
+    where = {"run_dir": str(run_dir)}
+    where.update({key: manifest[stored] for key, stored in
+                  (("storage", "storage"), ("storage_path", "ray_storage")) if section.get(key)})
     # Paths are not checked: the data may have moved since; only names and settings matter.
-    return build_plan(manifest["raw"], search_overrides={"run_dir": str(run_dir)},
-                      source=manifest.get("source"), check_paths=False)
+    return build_plan(manifest["raw"], search_overrides=where, source=manifest.get("source"),
+                      check_paths=False)
 
 
 def _outcomes(study) -> dict[str, tuple[str, str]]:

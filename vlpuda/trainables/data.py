@@ -426,44 +426,37 @@ class InfiniteSampler:
 
 # ---------------------------------------------------------------------------------------------
 # Batch views (tensors in, tensors out; randomness only from the given generator)
+#
+# Views stay uint8 and channels-last (B, H, W, 3) until `model_input`, which converts, scales
+# and normalises in one pass: a float batch is four times the bytes, and on a CPU node every
+# extra pass over it costs as much as the crop itself.
 # ---------------------------------------------------------------------------------------------
-
-
-def _to_float_chw(images_hwc: torch.Tensor) -> torch.Tensor:
-    return images_hwc.permute(0, 3, 1, 2).float().div_(255.0)
 
 
 def train_views(
     images: torch.Tensor, crop: int, pad: int, hflip: bool, generator: torch.Generator
 ) -> torch.Tensor:
-    """Zero-pad, random-crop and optionally flip each image: uint8 BHWC -> float B3HW in [0, 1]."""
+    """Zero-pad, random-crop and optionally flip each image: uint8 (B, S, S, 3) -> uint8
+    (B, crop, crop, 3), on the images' device."""
     b, s = images.shape[0], images.shape[1]
     padded_size = s + 2 * pad
     if padded_size < crop:
         raise ValueError(f"crop {crop} exceeds the padded image size {padded_size}")
     # Draw on CPU whatever the device: the same generator state gives the same views anywhere.
-    offsets = torch.randint(0, padded_size - crop + 1, (b, 2), generator=generator)
-    flips = torch.rand(b, generator=generator) < 0.5
-    if not hflip:
-        flips.zero_()
-    device = images.device
+    offsets = torch.randint(0, padded_size - crop + 1, (b, 2), generator=generator).tolist()
+    flips = (torch.rand(b, generator=generator) < 0.5).tolist()
     if pad:
         padded = images.new_zeros((b, padded_size, padded_size, images.shape[3]))
         padded[:, pad : pad + s, pad : pad + s] = images
     else:
         padded = images
-    steps = torch.arange(crop)
-    rows = offsets[:, :1] + steps  # (B, crop)
-    cols = offsets[:, 1:] + torch.where(flips[:, None], crop - 1 - steps, steps)
-    batch = torch.arange(b)[:, None, None]
-    # One gather does crop and flip for the whole batch, on the images' device.
-    out = padded[batch.to(device), rows[:, :, None].to(device), cols[:, None, :].to(device)]
-    return _to_float_chw(out)
-
-
-def eval_views(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, T, T, 3) -> float (B, 3, T, T) in [0, 1]; test images are already squashed."""
-    return _to_float_chw(images)
+    # A slice per image is a view; one stack copies them all. (A batched gather with index
+    # tensors does the same work several times slower on a CPU.)
+    windows = []
+    for i, ((top, left), flip) in enumerate(zip(offsets, flips)):
+        window = padded[i, top : top + crop, left : left + crop]
+        windows.append(window.flip(1) if hflip and flip else window)
+    return torch.stack(windows)
 
 
 @functools.lru_cache(maxsize=1)
@@ -476,7 +469,8 @@ def _strong_ops() -> torch.nn.Module:
 
 
 def strong_views(images: torch.Tensor, crop: int, generator: torch.Generator) -> torch.Tensor:
-    """FixMatch strong view: center crop, flip, ColorJitter + RandAugment per sample."""
+    """FixMatch strong view: center crop, flip, ColorJitter + RandAugment per sample;
+    uint8 (B, S, S, 3) -> uint8 (B, crop, crop, 3)."""
     b, s = images.shape[0], images.shape[1]
     if crop > s:
         raise ValueError(f"crop {crop} exceeds the image size {s}")
@@ -492,11 +486,17 @@ def strong_views(images: torch.Tensor, crop: int, generator: torch.Generator) ->
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(seed)
         out = torch.stack([ops(chw[i].contiguous()) for i in range(b)])
-    return out.float().div_(255.0)
+    return out.permute(0, 2, 3, 1)
 
 
-def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """Per-channel (x - mean) / std for a float (B, 3, H, W) batch."""
-    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    sd = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    return (x - m) / sd
+def model_input(images: torch.Tensor, mean: Sequence[float], std: Sequence[float],
+                memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+    """uint8 (B, H, W, 3) -> normalised float (B, 3, H, W): (x / 255 - mean) / std as one
+    multiply-add per element, written straight into the layout the model wants
+    (torch.channels_last for a channels-last ResNet)."""
+    b, h, w, c = images.shape
+    scale = torch.tensor([1.0 / (255.0 * sd) for sd in std], device=images.device)
+    shift = torch.tensor([-m / sd for m, sd in zip(mean, std)], device=images.device)
+    out = torch.empty((b, c, h, w), device=images.device, memory_format=memory_format)
+    return torch.addcmul(shift.view(1, c, 1, 1), images.permute(0, 3, 1, 2),
+                         scale.view(1, c, 1, 1), out=out)

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 from vlpuda.errors import DataError
-from vlpuda.trainables.data import InfiniteSampler, normalize, eval_views, train_views
+from vlpuda.trainables.data import InfiniteSampler, model_input, train_views
 
 DEMO_DOMAINS = ("MNIST", "MNIST-M", "Printed")
 DEMO_TEMPLATE = 'a photo of the number: "{}"'
@@ -262,13 +262,16 @@ def _train_teacher(
     sampler = InfiniteSampler(len(labels), batch_size, seed, name="the MNIST demo domain")
     gen = torch.Generator().manual_seed(seed)
     images_t, labels_t = torch.from_numpy(images), torch.from_numpy(labels)
+    mean, std = TEACHER_PREPROCESS_CFG["mean"], TEACHER_PREPROCESS_CFG["std"]
+    std_t = torch.tensor(std).view(1, -1, 1, 1)
     model.train()
     for step in range(1, steps + 1):
         idx = torch.from_numpy(sampler.next_batch())
         # ±2 px shift and pixel noise: enough augmentation for 2,500 images not to be memorised.
         x = train_views(images_t[idx], crop=IMAGE_SIZE, pad=2, hflip=False, generator=gen)
-        x = x + 0.1 * torch.randn(x.shape, generator=gen)
-        x = normalize(x, TEACHER_PREPROCESS_CFG["mean"], TEACHER_PREPROCESS_CFG["std"])
+        x = model_input(x, mean, std)
+        # Noise of 0.1 in [0, 1] pixel units is 0.1 / std once normalised.
+        x = x + 0.1 * torch.randn(x.shape, generator=gen) / std_t
         image_f = model.encode_image(x, normalize=True)
         text_f = model.encode_text(text_tokens, normalize=True)
         loss = F.cross_entropy(model.logit_scale.exp() * image_f @ text_f.T, labels_t[idx])
@@ -290,8 +293,8 @@ def zero_shot_accuracy(
     text_f = model.encode_text(text_tokens, normalize=True)
     correct = 0
     for start in range(0, len(labels), batch_size):
-        x = eval_views(torch.from_numpy(images[start : start + batch_size]))
-        x = normalize(x, TEACHER_PREPROCESS_CFG["mean"], TEACHER_PREPROCESS_CFG["std"])
+        x = model_input(torch.from_numpy(images[start : start + batch_size]),
+                        TEACHER_PREPROCESS_CFG["mean"], TEACHER_PREPROCESS_CFG["std"])
         pred = (model.encode_image(x, normalize=True) @ text_f.T).argmax(dim=1)
         correct += int((pred.numpy() == labels[start : start + batch_size]).sum())
     return 100.0 * correct / len(labels)

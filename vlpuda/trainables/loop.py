@@ -37,9 +37,8 @@ from vlpuda.trainables.data import (
     DecodedDomain,
     check_same_classes,
     InfiniteSampler,
-    normalize,
+    model_input,
     strong_views,
-    eval_views,
     train_views,
 )
 from vlpuda.trainables.losses import LossWeights, cmkd_terms, fixmatch_term, ramp
@@ -149,7 +148,7 @@ def evaluate(
         images = torch.from_numpy(np.asarray(domain.test_images[chunk])).to(device)
         labels = torch.from_numpy(np.asarray(domain.labels[chunk])).to(device)
         with autocast:
-            ((task_logits, clip_logits),) = student(normalize(eval_views(images), mean, std))
+            ((task_logits, clip_logits),) = student(model_input(images, mean, std))
         probs = task_logits.float().softmax(dim=1)
         task_pred, clip_pred = task_logits.argmax(dim=1), clip_logits.argmax(dim=1)
         entropy = -(probs * probs.clamp_min(1e-12).log()).sum(dim=1)
@@ -286,8 +285,11 @@ class TaskRun:
     def _view(self, images: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
         views = train_views(images, cfg.image_size, cfg.pad, cfg.hflip, self.generator)
-        views = normalize(views, self.assets.mean, self.assets.std)
-        return views.contiguous(memory_format=torch.channels_last) if self.channels_last else views
+        return self._input(views)
+
+    def _input(self, views: torch.Tensor) -> torch.Tensor:
+        layout = torch.channels_last if self.channels_last else torch.contiguous_format
+        return model_input(views, self.assets.mean, self.assets.std, layout)
 
     def _loss(self, outputs: list[tuple[torch.Tensor, torch.Tensor]],
               src_labels: torch.Tensor) -> torch.Tensor:
@@ -323,7 +325,7 @@ class TaskRun:
                 batches.append(self._view(tgt_images))
                 if cfg.fixmatch:
                     strong = strong_views(tgt_images, cfg.image_size, self.generator)
-                    batches.append(normalize(strong, assets.mean, assets.std))
+                    batches.append(self._input(strong))
 
             # One forward call for all views: DDP expects one forward per backward, and the
             # head's BatchNorm still sees each domain separately inside it.

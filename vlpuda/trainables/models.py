@@ -389,11 +389,14 @@ class Student(nn.Module):
     def forward(self, *batches: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(task_logits, clip_logits) for each image batch.
 
-        Batches are encoded separately, never concatenated, so the head's BatchNorm1d normalises
-        each domain with its own statistics (method.md 2.8). All batches go through one call so
-        DistributedDataParallel sees exactly one forward per backward.
+        The image tower encodes all batches in one pass: its BatchNorm statistics are frozen and
+        its other layers work per image, so that equals encoding them one by one, and a larger
+        batch keeps the GPU busier. The heads then see each batch alone, so the head's
+        BatchNorm1d normalises each domain with its own statistics (method.md 2.8). All batches
+        go through one call so DistributedDataParallel sees exactly one forward per backward.
         """
-        return [self._logits(_pooled(self.visual(images))) for images in batches]
+        feats = _pooled(self.visual(torch.cat(batches) if len(batches) > 1 else batches[0]))
+        return [self._logits(f) for f in feats.split([len(b) for b in batches])]
 
     def _logits(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # Heads in fp32 even under autocast: they are tiny, and the zero-shot logits multiply any

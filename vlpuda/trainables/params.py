@@ -15,14 +15,8 @@ from vlpuda.config import TrainConfig
 
 
 def trainer_params(params: Mapping[str, Any]) -> dict[str, Any]:
-    """The subset of `params` that are TrainConfig fields, in the trainer's vocabulary."""
-    applied = {key: value for key, value in params.items() if key in TrainConfig.model_fields}
-    # Spaces name the dense variant rst_mode="off"; the trainer spells that rst=False and keeps
-    # its own rst_mode (which only matters when rst is on).
-    if applied.get("rst_mode") == "off":
-        applied.pop("rst_mode")
-        applied["rst"] = False
-    return applied
+    """The subset of `params` that are TrainConfig fields (search-only helpers dropped)."""
+    return {key: value for key, value in params.items() if key in TrainConfig.model_fields}
 
 
 def apply_params(cfg: TrainConfig, params: Mapping[str, Any]) -> TrainConfig:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ class TrialSetup:
         gpus_per_trial: GPUs the trial's workers share (0.5: two trials per GPU).
         storage_path: absolute path or URI where Train runs keep their checkpoints.
         keep_checkpoints: checkpoints kept per trial (the latest ones).
+        worker_resources: custom Ray resources each worker reserves besides CPU/GPU.
     """
 
     tasks: tuple[dict[str, Any], ...]
@@ -60,9 +61,10 @@ class TrialSetup:
     gpus_per_trial: float
     storage_path: str
     keep_checkpoints: int = 1
+    worker_resources: dict[str, float] = field(default_factory=dict)
 
     def scaling_config(self) -> ray.train.ScalingConfig:
-        resources: dict[str, float] = {"CPU": self.cpus_per_worker}
+        resources: dict[str, float] = {**self.worker_resources, "CPU": self.cpus_per_worker}
         if self.gpus_per_trial > 0:
             resources["GPU"] = self.gpus_per_trial / self.num_workers
         return ray.train.ScalingConfig(num_workers=self.num_workers,
@@ -129,7 +131,10 @@ class RayTrainReporter:
                       "worker_started_at": worker_started_at}
 
     def __call__(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
-        metrics = {**metrics, **self.times, "workers": ray.train.get_context().get_world_size()}
+        # Where and when rank 0 trained this epoch: which node a trial ran on (a retry after a
+        # lost node shows another) and how trials overlapped, from Tune's results alone.
+        metrics = {**metrics, **self.times, "workers": ray.train.get_context().get_world_size(),
+                   "node_id": ray.get_runtime_context().get_node_id(), "reported_at": time.time()}
         checkpoint = None
         if checkpoint_dir is not None:
             (Path(checkpoint_dir) / METRICS_FILE).write_text(json.dumps(metrics))
