@@ -22,6 +22,7 @@ epochs, and per-stage milliseconds of the cached path.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import platform
 import statistics
@@ -210,6 +211,8 @@ def measure_rounds(root: Path, pipeline: CachedPipeline, args: argparse.Namespac
     for round_index in range(args.rounds):
         loader = baseline_loader(root, args.batch, args.workers)
         base.append(images_per_second(endless(loader), 3, args.batches))
+        del loader
+        gc.collect()  # the DataLoader's worker processes exit before vlpuda's turn
         ours.append(images_per_second(pipeline.batches(), 3, args.vlpuda_batches))
         print(f"  round {round_index + 1}: baseline {base[-1]:7.1f} images/s, vlpuda "
               f"{ours[-1]:7.1f} images/s, ratio {ours[-1] / base[-1]:5.1f}x "

@@ -173,7 +173,7 @@ def sampler_specs(gp_trials: int | None) -> list[SamplerSpec]:
                     _tpe(multivariate=True, n_startup_trials=5), "direct"),
         SamplerSpec("tpe(multivariate, startup=20)",
                     _tpe(multivariate=True, n_startup_trials=20), "direct"),
-        SamplerSpec("tpe(startup=5)", _tpe(n_startup_trials=5), "direct"),
+        SamplerSpec("tpe(startup=10)", _tpe(n_startup_trials=10), "direct"),  # Optuna's own
         SamplerSpec("nsga2 (pop=N/4)", lambda s, n: make_sampler("nsga2", s, n), "make_sampler"),
         SamplerSpec("nsga2(pop=10)",
                     lambda s, _n: optuna.samplers.NSGAIISampler(seed=s, population_size=10),

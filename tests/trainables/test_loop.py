@@ -11,7 +11,7 @@ import torch
 from helpers import tiny_train_overrides, write_local_dir_model, write_tiny_domains
 from vlpuda.cli import main
 from vlpuda.config import build_config
-from vlpuda.trainables.loop import BEST_DELTA_FILE, DELTA_FILE, LocalReporter, train
+from vlpuda.trainables.loop import BEST_DELTA_FILE, DELTA_FILE, LocalReporter, aggregate, train
 from vlpuda.trainables.rst import load_delta
 
 
@@ -100,6 +100,19 @@ def test_multi_task_run_reports_mean_and_sum(tiny_task, tmp_path):
     assert metrics["stored_params"] == (metrics["Art_to_Clipart/stored_params"]
                                         + metrics["Clipart_to_Art/stored_params"])
     assert len(seen) == 1
+
+
+def test_aggregate_means_accuracy_sums_storage_and_keeps_the_peak_memory():
+    per_task = {"A_to_B": {"epoch": 2, "target_acc": 80.0, "stored_params": 100,
+                           "delta_bytes": 800, "best_epoch": 1, "peak_gpu_memory_gib": 3.0},
+                "B_to_A": {"epoch": 2, "target_acc": 70.0, "stored_params": 50,
+                           "delta_bytes": 400, "best_epoch": 2, "peak_gpu_memory_gib": 3.5}}
+    combined = aggregate(per_task)
+    assert {k: v for k, v in combined.items() if "/" not in k} == {
+        "epoch": 2, "target_acc": 75.0, "stored_params": 150, "delta_bytes": 1200,
+        "peak_gpu_memory_gib": 3.5}  # no best_epoch: each task has its own
+    assert combined["B_to_A/best_epoch"] == 2 and combined["A_to_B/target_acc"] == 80.0
+    assert aggregate({"A_to_B": per_task["A_to_B"]}) == per_task["A_to_B"]
 
 
 def test_validate_lists_every_problem(tmp_path, capsys):

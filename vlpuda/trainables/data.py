@@ -492,11 +492,12 @@ def strong_views(images: torch.Tensor, crop: int, generator: torch.Generator) ->
 def model_input(images: torch.Tensor, mean: Sequence[float], std: Sequence[float],
                 memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
     """uint8 (B, H, W, 3) -> normalised float (B, 3, H, W): (x / 255 - mean) / std as one
-    multiply-add per element, written straight into the layout the model wants
-    (torch.channels_last for a channels-last ResNet)."""
+    multiply-add per element, written into the layout the model wants (torch.channels_last for
+    a channels-last ResNet)."""
     b, h, w, c = images.shape
     scale = torch.tensor([1.0 / (255.0 * sd) for sd in std], device=images.device)
     shift = torch.tensor([-m / sd for m, sd in zip(mean, std)], device=images.device)
     out = torch.empty((b, c, h, w), device=images.device, memory_format=memory_format)
-    return torch.addcmul(shift.view(1, c, 1, 1), images.permute(0, 3, 1, 2),
-                         scale.view(1, c, 1, 1), out=out)
+    out.copy_(images.permute(0, 3, 1, 2))  # uint8 -> float, straight into the output layout
+    # In place: a mixed uint8/float multiply-add would first cast into a temporary batch.
+    return torch.addcmul(shift.view(1, c, 1, 1), out, scale.view(1, c, 1, 1), out=out)

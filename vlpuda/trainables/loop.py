@@ -343,8 +343,13 @@ class TaskRun:
             loss_sum += loss.detach()  # no .item() per step: it would sync the GPU every step
         self.epoch += 1
         elapsed = time.perf_counter() - started
-        return {"loss": float(loss_sum) / cfg.iters_per_epoch,
-                "seconds_per_iteration": elapsed / cfg.iters_per_epoch}
+        metrics = {"loss": float(loss_sum) / cfg.iters_per_epoch,
+                   "seconds_per_iteration": elapsed / cfg.iters_per_epoch}
+        if self.device.type == "cuda":
+            # What this trial holds on its GPU (the caching allocator's peak): the figure to
+            # size search.gpus_per_trial by when several trials share a GPU.
+            metrics["peak_gpu_memory_gib"] = torch.cuda.max_memory_reserved(self.device) / 2**30
+        return metrics
 
     # ---- evaluation and checkpoints ----------------------------------------------------------
     def evaluate(self) -> dict[str, Any]:
@@ -423,6 +428,8 @@ def aggregate(per_task: dict[str, dict[str, Any]]) -> dict[str, Any]:
         values = [run[name] for run in runs]
         if name in ("stored_params", "changed_params", "delta_bytes"):
             combined[name] = sum(values)
+        elif name == "peak_gpu_memory_gib":  # one process trains every task: its peak
+            combined[name] = max(values)
         elif name in ("epoch", "iteration"):
             combined[name] = values[0]
         elif name != "best_epoch":
