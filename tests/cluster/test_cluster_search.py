@@ -48,7 +48,7 @@ def settings(**values) -> SearchSettings:
 
 def test_drivers_are_pinned_where_the_cluster_offers_train_driver():
     gpu_cluster = {"CPU": 24, TRAIN_DRIVER: 8, "GPU": 2}
-    assert driver_resources(settings(), gpu_cluster) == {"CPU": 1, TRAIN_DRIVER: 0.01}
+    assert driver_resources(settings(), gpu_cluster) == {"CPU": 0.25, TRAIN_DRIVER: 0.01}
     assert driver_resources(settings(), {"CPU": 4}) == {"CPU": 1}  # a laptop: nothing to pin
     assert driver_resources(settings(driver_resources={"CPU": 0.5}), gpu_cluster) \
         == {"CPU": 0.5}  # the user's word wins, also to switch pinning off
@@ -88,8 +88,9 @@ def test_bad_resources_are_named_by_their_key(tmp_path):
 
 @pytest.fixture(scope="module")
 def cluster():
-    """head (CPU: 0, dashboard) + driver node (2 CPU, TRAIN_DRIVER) + 2 GPU nodes (1 CPU and 1
-    fake_gpu each), and a bystander: a second Ray on this host, as on a shared CI machine.
+    """head (CPU: 0, dashboard) + driver node (2 CPU, TRAIN_DRIVER) + 2 GPU nodes (2 CPU and 1
+    fake_gpu each: room for two 1-CPU workers, so only fake_gpu keeps it to one), and a
+    bystander: a second Ray on this host, as on a shared CI machine.
 
     Ray Train needs the dashboard's State API to clean up after stopped trials; it finds it
     through RAY_ADDRESS, else by looking for the one Ray on its host. With the bystander there
@@ -140,7 +141,7 @@ def forget_address(cluster) -> None:
 
 
 def add_gpu_node(cluster):
-    return cluster.add_node(num_cpus=1, resources={ACCELERATOR: 1})
+    return cluster.add_node(num_cpus=2, resources={ACCELERATOR: 1})
 
 
 def gpu_node_ids(cluster) -> set[str]:

@@ -109,6 +109,24 @@ def test_concurrency_follows_the_cluster_and_the_trial_share(values, resources, 
     assert derive_concurrency(settings(**values), resources) == expected
 
 
+def test_workers_are_packed_node_by_node():
+    # cluster.yaml at full size: a head (no CPUs), the driver node, 4 A10G and 2 H100 nodes.
+    a10g = {"CPU": 8, "GPU": 1, "accelerator_type:A10G": 1}
+    h100 = {"CPU": 26, "GPU": 1, "accelerator_type:H100": 1}
+    nodes = [{"CPU": 0}, {"CPU": 8, "TRAIN_DRIVER": 8}, *[a10g] * 4, *[h100] * 2]
+    totals = {name: sum(n.get(name, 0) for n in nodes) for name in {k for n in nodes for k in n}}
+    # Half a GPU per trial: 12 trials, their drivers on the driver node at a quarter CPU each.
+    assert derive_concurrency(settings(gpus_per_trial=0.5), totals, nodes) == 12
+    # Kept on the H100s: only their 2 GPUs count, though the totals hold 6.
+    h100_only = settings(gpus_per_trial=0.5, worker_resources={"accelerator_type:H100": 0.01})
+    assert derive_concurrency(h100_only, totals) == 12  # totals alone over-count
+    assert derive_concurrency(h100_only, totals, nodes) == 4
+    # Two half-free GPUs on two nodes are not one GPU: a 1-GPU worker fits on neither.
+    with pytest.raises(VlpudaError, match="max_concurrent_trials"):
+        derive_concurrency(settings(gpus_per_trial=1), {"CPU": 16, "GPU": 1},
+                           [{"CPU": 8, "GPU": 0.5}, {"CPU": 8, "GPU": 0.5}])
+
+
 def test_a_trial_that_cannot_fit_is_an_error():
     with pytest.raises(VlpudaError, match="max_concurrent_trials"):
         derive_concurrency(settings(gpus_per_trial=1), {"CPU": 8, "GPU": 0})

@@ -13,8 +13,6 @@ from __future__ import annotations
 import math
 import os
 import socket
-import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -48,6 +46,9 @@ TRIAL_DRIVER_CPUS = 1
 # the trial its workers only, which it restarts from their last checkpoint.
 TRAIN_DRIVER = "TRAIN_DRIVER"
 TRAIN_DRIVER_SHARE = 0.01
+# A pinned driver mostly waits on its workers: a quarter CPU lets cluster.yaml's 8-CPU driver
+# node hold 32 of them, more than its GPU nodes can run trials.
+PINNED_DRIVER_CPUS = 0.25
 
 
 def _log(message: str) -> None:
@@ -85,25 +86,44 @@ def driver_resources(settings: SearchSettings, cluster: dict[str, float]) -> dic
     if settings.driver_resources is not None:
         return dict(settings.driver_resources)
     if cluster.get(TRAIN_DRIVER, 0) > 0:
-        return {"CPU": TRIAL_DRIVER_CPUS, TRAIN_DRIVER: TRAIN_DRIVER_SHARE}
+        return {"CPU": PINNED_DRIVER_CPUS, TRAIN_DRIVER: TRAIN_DRIVER_SHARE}
     return {"CPU": TRIAL_DRIVER_CPUS}
+
+
+def worker_demand(settings: SearchSettings) -> dict[str, float]:
+    """What one Train worker reserves (its bundle in the trial's placement group)."""
+    per_worker = {"CPU": settings.cpus_per_worker,
+                  "GPU": settings.gpus_per_trial / settings.workers_per_trial,
+                  **settings.worker_resources}
+    return {name: amount for name, amount in per_worker.items() if amount > 0}
 
 
 def trial_resources(settings: SearchSettings, cluster: dict[str, float]) -> dict[str, float]:
     """Everything one trial holds while it trains: its driver plus all its Train workers."""
-    workers = settings.workers_per_trial
-    per_worker = {"CPU": settings.cpus_per_worker, "GPU": settings.gpus_per_trial / workers,
-                  **settings.worker_resources}
     demand = driver_resources(settings, cluster)
-    for name, amount in per_worker.items():
-        demand[name] = demand.get(name, 0.0) + workers * amount
+    for name, amount in worker_demand(settings).items():
+        demand[name] = demand.get(name, 0.0) + settings.workers_per_trial * amount
     return {name: amount for name, amount in demand.items() if amount > 0}
 
 
-def derive_concurrency(settings: SearchSettings, resources: dict[str, float]) -> int:
+def describe(resources: dict[str, float]) -> str:
+    return ", ".join(f"{amount:g} {name}" for name, amount in resources.items())
+
+
+def worker_slots(settings: SearchSettings, nodes: list[dict[str, float]]) -> int:
+    """Train workers the nodes can hold at once, node by node: a worker's bundle never spans
+    nodes, so two half-free GPUs on two nodes are not one GPU, and a resource only some node
+    types have (accelerator_type:H100) counts only where it is."""
+    need = worker_demand(settings)
+    return sum(min(int(node.get(name, 0.0) / amount + 1e-9) for name, amount in need.items())
+               for node in nodes)
+
+
+def derive_concurrency(settings: SearchSettings, resources: dict[str, float],
+                       nodes: list[dict[str, float]] | None = None) -> int:
     """Trials that fit the cluster at once: the scarcest resource a trial needs (GPUs or a
-    custom accelerator resource when trials use them, else CPUs) decides. Totals over all nodes:
-    a trial's workers may spread over nodes, its driver may sit on a CPU-only node.
+    custom accelerator resource when trials use them, else CPUs) decides, over the cluster's
+    totals and, given the nodes' resources, node by node for the workers.
 
     Raises:
         VlpudaError: when not even one trial fits (and no max_concurrent_trials was given, as an
@@ -114,6 +134,8 @@ def derive_concurrency(settings: SearchSettings, resources: dict[str, float]) ->
     demand = trial_resources(settings, resources)
     concurrency = min(int(resources.get(name, 0.0) / amount + 1e-9)
                       for name, amount in demand.items())
+    if nodes is not None:
+        concurrency = min(concurrency, worker_slots(settings, nodes) // settings.workers_per_trial)
     if concurrency < 1:
         needs = " and ".join(f"{amount:g} {name}" for name, amount in demand.items())
         has = " and ".join(f"{resources.get(name, 0.0):g} {name}" for name in demand)
@@ -142,16 +164,27 @@ def running_cluster_address(timeout: float = 1.0) -> str | None:
     """The address of a Ray started with `ray start` on this machine (a cluster's head node, as
     `ray exec` and `ray attach` reach it), or None. Ray records it in its temp dir; a record left
     by a Ray that has since died is ignored (Ray itself would wait on it for minutes)."""
-    root = os.environ.get("RAY_TMPDIR") or (
-        "/tmp" if sys.platform.startswith("linux") else tempfile.gettempdir())
-    temp = Path(root) / "ray" / "ray_current_cluster"
+    # Ray's own lookup of the record (RAY_TMPDIR, TMPDIR, /tmp); a private helper, stable in the
+    # Ray release pyproject pins.
+    from ray._common.utils import get_ray_address_file
+
     try:
-        address = temp.read_text().strip()
+        address = Path(get_ray_address_file(None)).read_text().strip()
         host, port = address.rsplit(":", 1)
         with socket.create_connection((host, int(port)), timeout=timeout):
             return address
     except (OSError, ValueError):
         return None
+
+
+def exported_address(address: str) -> str | None:
+    """The address every process of the search should see as RAY_ADDRESS: host:port as other
+    nodes reach it (`auto` and `localhost:6379` resolved), or None for a Ray Client address."""
+    if "://" in address:
+        return None
+    from ray._private.services import canonicalize_bootstrap_address_or_die
+
+    return canonicalize_bootstrap_address_or_die(address)
 
 
 def connect_ray(settings: SearchSettings, log: Log = _log) -> bool:
@@ -172,9 +205,9 @@ def connect_ray(settings: SearchSettings, log: Log = _log) -> bool:
         # looking for a Ray on its own host; on a host running two Rays it gives up, and each
         # trial stopped early keeps its workers' CPUs and GPUs until the search ends. Every
         # process of this search (trials, Train controllers, cleaners) inherits the address.
-        plain = "://" not in address and address != "auto"  # not ray:// (Ray Client)
+        exported = exported_address(address)
         ray.init(address=address,
-                 runtime_env={"env_vars": {"RAY_ADDRESS": address}} if plain else None)
+                 runtime_env={"env_vars": {"RAY_ADDRESS": exported}} if exported else None)
         return True
     # A local cluster needs no token auth; without this Ray writes ~/.ray/auth_token and warns.
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -338,7 +371,7 @@ def _manifest(plan: SearchPlan, experiment: str, status: str) -> dict[str, Any]:
 def abandon(plan: SearchPlan, manifest: dict[str, Any]) -> None:
     """Give up an unresumable run: its RUNNING trials FAIL, and a new search may start here."""
     study = load_study(manifest)
-    fail_running_trials(study, manifest["experiment"])
+    fail_running_trials(study, manifest["experiment"], untagged=True)
     write_manifest(plan.run_dir, {**manifest, "status": "abandoned",
                                   "updated": time.strftime("%Y-%m-%d %H:%M:%S")})
 
@@ -378,7 +411,12 @@ def run_search(plan: SearchPlan, log: Log = _log) -> Front:
     with ray_running(plan.settings, log):
         import ray
 
-        concurrency = derive_concurrency(plan.settings, ray.cluster_resources())
+        nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+        concurrency = derive_concurrency(plan.settings, ray.cluster_resources(), nodes)
+        driver = driver_resources(plan.settings, ray.cluster_resources())
+        log(f"each trial reserves {describe(driver)} for its driver and "
+            f"{plan.settings.workers_per_trial} x "
+            f"{describe(worker_demand(plan.settings))} for its workers")
         refs = share(assets)
         trials_before = existing_trials(plan)
         if trials_before:
@@ -389,16 +427,17 @@ def run_search(plan: SearchPlan, log: Log = _log) -> Front:
         first = [] if trials_before else [plan.defaults_point]
         experiment = new_experiment_name()
         searcher = make_searcher(plan, experiment, first)
-        write_manifest(plan.run_dir, _manifest(plan, experiment, "running"))
         # MLflow: a parent run now, a child per trial from the Tune driver, the front at the end.
+        # Opened before the manifest says "running", so a tracking error leaves nothing to resume.
         from vlpuda.tracking.tracker import open_search_tracker
 
         tracker = open_search_tracker(plan, experiment, log)
+        write_manifest(plan.run_dir, _manifest(plan, experiment, "running"))
         log(f"running {plan.settings.num_samples} trials, up to {concurrency} at a time; "
             f"resume after an interruption with: vlpuda search --resume {plan.run_dir}")
         tuner = make_tuner(plan, make_trainable(plan, tasks, refs), searcher, concurrency,
                            experiment, (tracker.tune_callback(),) if tracker else ())
-        results = tuner.fit()
+        results = fit_tracked(tuner, plan, tracker)
         return finish(plan, experiment, results, log, tracker)
 
 
@@ -437,8 +476,20 @@ def resume_search(run_dir: str | Path, log: Log = _log) -> Front:
         tracker = open_search_tracker(plan, experiment, log)
         tuner = ray.tune.Tuner.restore(path, trainable=make_trainable(plan, tasks, refs),
                                        resume_unfinished=True, resume_errored=True)
-        results = tuner.fit()
+        results = fit_tracked(tuner, plan, tracker)
         return finish(plan, experiment, results, log, tracker)
+
+
+def fit_tracked(tuner, plan: SearchPlan, tracker: SearchTracker | None):
+    """tuner.fit(); if it raises, MLflow still gets the front so far and the parent run stays
+    open for `--resume` (Ctrl-C is not an exception here: Tune returns what it has)."""
+    try:
+        return tuner.fit()
+    except Exception:
+        if tracker is not None:  # never raises: a tracking failure only warns
+            tracker.finish(load_study({"study_name": plan.study_name, "storage": plan.storage}),
+                           finished=False)
+        raise
 
 
 def _experiment_path(plan: SearchPlan, experiment: str) -> str:

@@ -120,7 +120,8 @@ class ParetoOptunaSearch(OptunaSearch):
         # RUNNING trial was asked after the snapshot and lost with the crashed driver.
         live = {trial.number for tid, trial in self._ot_trials.items()
                 if tid not in self._completed_trials}
-        self.orphans_failed = fail_running_trials(self._ot_study, self._experiment, keep=live)
+        self.orphans_failed = fail_running_trials(self._ot_study, self._experiment, keep=live,
+                                                  untagged=True)
         if self.orphans_failed:
             logger.warning("marked %d orphaned RUNNING trial(s) FAIL: %s",
                            len(self.orphans_failed), self.orphans_failed)

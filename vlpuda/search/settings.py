@@ -13,7 +13,7 @@ collected and one ConfigError lists them all, each naming its key (`search.num_s
       workers_per_trial: 1            # Ray Train workers (DDP) per trial
       gpus_per_trial: 0.5             # shared by a trial's workers; fractions share a GPU
       worker_resources: {"accelerator_type:A10G": 0.01}   # custom resources per worker
-      driver_resources: null          # 1 CPU (+ 0.01 TRAIN_DRIVER where the cluster has it)
+      driver_resources: null          # 1 CPU; 0.25 CPU + 0.01 TRAIN_DRIVER where the cluster has it
       early_stopping: {asha: true, grace_period: 5}
       stored_params_budget: 2.0e+6    # stop (and prune) trials that store more
       tasks: [[Art, Clipart], [Product, Clipart]]
@@ -75,8 +75,8 @@ class SearchSettings(BaseModel):
     # {"accelerator_type:A10G": 0.01} picks a GPU type (Ray gives each GPU node that resource).
     worker_resources: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
     # What each trial's driver (the Tune trial running the TorchTrainer) reserves. None: 1 CPU,
-    # plus a sliver of TRAIN_DRIVER when the cluster has it (cluster.yaml's on-demand cpu_driver
-    # nodes), so that losing a spot GPU node never takes a trial's driver with it.
+    # or a quarter CPU and a sliver of TRAIN_DRIVER when the cluster has it (cluster.yaml's
+    # on-demand cpu_driver nodes), so that losing a spot GPU node never takes a driver with it.
     driver_resources: dict[str, Annotated[float, Field(ge=0)]] | None = None
     max_concurrent_trials: int | None = Field(None, gt=0)
     max_failures: int = Field(1, ge=0)  # retries per trial; a retry resumes from its checkpoint
@@ -118,7 +118,9 @@ class SearchPlan:
         training setting that trials do not set themselves. Trials differing only in searched
         values (another space, other bounds) share a front; trials with other epochs, tasks or
         model do not."""
-        trial_set = {*self.space.names, *self.space.constants, "rst_threshold"}
+        # The RST fields are the variant's business: a dense space leaves them unused.
+        trial_set = {*self.space.names, *self.space.constants, "rst_threshold", "rst_mode",
+                     "rst_ratio"}
         fixed = {key: value for key, value in self.tasks[0].model_dump().items()
                  if key not in trial_set and key not in NOT_IN_FINGERPRINT}
         return {"tasks": [[t.src, t.tgt] for t in self.tasks], **fixed}

@@ -89,25 +89,31 @@ def experiment_started(experiment: str) -> datetime | None:
         return None
 
 
-def is_orphan_candidate(trial: optuna.trial.FrozenTrial, experiment: str) -> bool:
-    """Whether a RUNNING trial belongs to `experiment`: it carries its name, or it carries none
-    and started after the experiment did. The attribute is written just after Optuna creates the
-    trial, so a driver killed in between leaves a RUNNING trial without it."""
+def is_orphan_candidate(trial: optuna.trial.FrozenTrial, experiment: str,
+                        untagged: bool = False) -> bool:
+    """Whether a RUNNING trial belongs to `experiment`: it carries its name, or (with `untagged`)
+    it carries none and started after the experiment did. The attribute is written just after
+    Optuna creates the trial, so a driver killed in between leaves a RUNNING trial without it.
+    Start times are the local times of the machine that asked for the trial: resume on a machine
+    in the same time zone."""
     owner = trial.user_attrs.get(EXPERIMENT)
     if owner is not None:
         return owner == experiment
     started = experiment_started(experiment)
-    return started is not None and trial.datetime_start is not None \
+    return untagged and started is not None and trial.datetime_start is not None \
         and trial.datetime_start >= started
 
 
 def fail_running_trials(study: optuna.Study, experiment: str,
-                        keep: set[int] | None = None) -> list[int]:
+                        keep: set[int] | None = None, untagged: bool = False) -> list[int]:
     """Mark the RUNNING trials that `experiment` asked for FAIL, except the numbers in `keep`;
-    returns the numbers marked. Only call this when nothing is running them any more."""
+    returns the numbers marked. Only call this when nothing is running them any more; claim
+    untagged trials (see is_orphan_candidate) only after a crash, when no other driver of this
+    search can be between asking for a trial and tagging it."""
     marked = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if not is_orphan_candidate(trial, experiment) or (keep and trial.number in keep):
+        if not is_orphan_candidate(trial, experiment, untagged) \
+                or (keep and trial.number in keep):
             continue
         study.tell(trial.number, state=TrialState.FAIL)
         marked.append(trial.number)

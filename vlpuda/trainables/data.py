@@ -489,14 +489,22 @@ def strong_views(images: torch.Tensor, crop: int, generator: torch.Generator) ->
     return out.permute(0, 2, 3, 1)
 
 
+@functools.lru_cache(maxsize=8)
+def _scale_and_shift(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """1 / (255 std) and -mean / std on the device, made once (a copy to a GPU waits for it)."""
+    scale = torch.tensor([1.0 / (255.0 * sd) for sd in std], device=device)
+    shift = torch.tensor([-m / sd for m, sd in zip(mean, std)], device=device)
+    return scale, shift
+
+
 def model_input(images: torch.Tensor, mean: Sequence[float], std: Sequence[float],
                 memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
     """uint8 (B, H, W, 3) -> normalised float (B, 3, H, W): (x / 255 - mean) / std as one
     multiply-add per element, written into the layout the model wants (torch.channels_last for
     a channels-last ResNet)."""
     b, h, w, c = images.shape
-    scale = torch.tensor([1.0 / (255.0 * sd) for sd in std], device=images.device)
-    shift = torch.tensor([-m / sd for m, sd in zip(mean, std)], device=images.device)
+    scale, shift = _scale_and_shift(tuple(mean), tuple(std), images.device)
     out = torch.empty((b, c, h, w), device=images.device, memory_format=memory_format)
     out.copy_(images.permute(0, 3, 1, 2))  # uint8 -> float, straight into the output layout
     # In place: a mixed uint8/float multiply-add would first cast into a temporary batch.

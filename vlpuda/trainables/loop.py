@@ -346,8 +346,9 @@ class TaskRun:
         metrics = {"loss": float(loss_sum) / cfg.iters_per_epoch,
                    "seconds_per_iteration": elapsed / cfg.iters_per_epoch}
         if self.device.type == "cuda":
-            # What this trial holds on its GPU (the caching allocator's peak): the figure to
-            # size search.gpus_per_trial by when several trials share a GPU.
+            # What this trial's tensors held on its GPU at most (the caching allocator's peak):
+            # with the CUDA context (~0.5 GiB per process, not counted here) the figure to size
+            # search.gpus_per_trial by when several trials share a GPU.
             metrics["peak_gpu_memory_gib"] = torch.cuda.max_memory_reserved(self.device) / 2**30
         return metrics
 
