@@ -24,3 +24,24 @@ for _cfg in sorted(MODEL_CONFIGS.glob("*.json")):
 def tiny_model_name(request: pytest.FixtureRequest) -> str:
     """Both tiny architectures: the ViT and the ModifiedResNet code paths."""
     return request.param
+
+
+# Logical CPUs for the test session's Ray: two 2-worker trials need 6 (each: its driver + 2
+# workers). More logical CPUs than the 2 cores is fine: tiny trials mostly wait on start-up.
+RAY_CPUS = 6
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for every test that needs it (starting one costs 5-10 s on 2 cores); with
+    its dashboard, whose State API Train needs to clean up stopped trials' placement groups.
+    Yields its address, for subprocesses that should join it."""
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=RAY_CPUS)
+    yield ray.get_runtime_context().gcs_address
+    if started:
+        ray.shutdown()

@@ -1,4 +1,5 @@
-"""Fixtures for tracking tests: a local Ray, empty MLflow stores, and a real `mlflow server`.
+"""Fixtures for tracking tests: empty MLflow stores and a real `mlflow server` (the local Ray is
+`ray_session` in tests/conftest.py).
 
 Creating an MLflow SQLite schema takes ~5-7 s; it is done once per session and the empty
 database is copied wherever a test needs a fresh store. The server is a real `mlflow server`
@@ -22,7 +23,6 @@ import pytest
 
 from helpers import write_local_dir_model, write_tiny_domains
 
-RAY_CPUS = 4
 
 
 def free_port() -> int:
@@ -101,21 +101,6 @@ def mlflow_server(tmp_path_factory, empty_mlflow_db):
     server.start()
     yield server
     server.kill()
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    """A local Ray for the module (reused if another module's session fixture started one)."""
-    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        # With its dashboard: Train's placement-group cleaner needs the State API.
-        ray.init(num_cpus=RAY_CPUS)
-    yield
-    if started:
-        ray.shutdown()
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,7 @@ from vlpuda.cli import main
 from vlpuda.tracking.content import TAG_PARENT, TAG_TRIAL
 from conftest import free_port
 
-pytestmark = pytest.mark.usefixtures("ray_local")
+pytestmark = pytest.mark.usefixtures("ray_session")
 
 # Keys the trial reports that are bookkeeping, not results: never MLflow metrics.
 NOT_METRICS = {"train_started_at", "trial_started_at", "workers", "pid", "timestamp",
