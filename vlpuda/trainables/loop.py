@@ -134,8 +134,10 @@ def evaluate(
     device: torch.device,
     batch_size: int,
     autocast,
+    memory_format: torch.memory_format = torch.contiguous_format,
 ) -> dict[str, float]:
-    """Target accuracy of both heads and label-free proxies; each rank scores a shard, then sums."""
+    """Target accuracy of both heads and label-free proxies; each rank scores a shard, then sums.
+    `memory_format`: the input layout the model trains with (channels_last for such a ResNet)."""
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     was_training = student.training
     student.eval()
@@ -148,7 +150,8 @@ def evaluate(
         images = torch.from_numpy(np.asarray(domain.test_images[chunk])).to(device)
         labels = torch.from_numpy(np.asarray(domain.labels[chunk])).to(device)
         with autocast:
-            ((task_logits, clip_logits),) = student(model_input(images, mean, std))
+            ((task_logits, clip_logits),) = student(model_input(images, mean, std,
+                                                                memory_format))
         probs = task_logits.float().softmax(dim=1)
         task_pred, clip_pred = task_logits.argmax(dim=1), clip_logits.argmax(dim=1)
         entropy = -(probs * probs.clamp_min(1e-12).log()).sum(dim=1)
@@ -287,9 +290,12 @@ class TaskRun:
         views = train_views(images, cfg.image_size, cfg.pad, cfg.hflip, self.generator)
         return self._input(views)
 
+    @property
+    def _layout(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
     def _input(self, views: torch.Tensor) -> torch.Tensor:
-        layout = torch.channels_last if self.channels_last else torch.contiguous_format
-        return model_input(views, self.assets.mean, self.assets.std, layout)
+        return model_input(views, self.assets.mean, self.assets.std, self._layout)
 
     def _loss(self, outputs: list[tuple[torch.Tensor, torch.Tensor]],
               src_labels: torch.Tensor) -> torch.Tensor:
@@ -355,7 +361,7 @@ class TaskRun:
     # ---- evaluation and checkpoints ----------------------------------------------------------
     def evaluate(self) -> dict[str, Any]:
         scores = evaluate(self.student, self.assets.target, self.assets.mean, self.assets.std,
-                          self.device, self.cfg.eval_batch_size, self.autocast)
+                          self.device, self.cfg.eval_batch_size, self.autocast, self._layout)
         self.is_best = scores["target_acc_last"] > self.best_acc
         if self.is_best:
             self.best_acc, self.best_epoch = scores["target_acc_last"], self.epoch
