@@ -32,6 +32,14 @@ RAY_CPUS = 6
 
 
 @pytest.fixture(scope="session")
+def tiny_assets(tmp_path_factory) -> tuple[Path, str]:
+    """The tiny task for searches (4 classes x 24 images a domain, 32 px): (data dir, model)."""
+    from helpers import write_tiny_task
+
+    return write_tiny_task(tmp_path_factory.mktemp("tiny-search"), per_class=24)
+
+
+@pytest.fixture(scope="session")
 def ray_session():
     """One local Ray for every test that needs it (starting one costs 5-10 s on 2 cores); with
     its dashboard, whose State API Train needs to clean up stopped trials' placement groups.

@@ -76,3 +76,11 @@ def seed_hub_repo(cache: Path, repo: str, config: dict, state: dict[str, torch.T
     snapshot.mkdir(parents=True)
     (snapshot / "open_clip_config.json").write_text(json.dumps(config))
     save_file(state, str(snapshot / "open_clip_model.safetensors"))
+
+
+def write_tiny_task(root: Path, per_class: int) -> tuple[Path, str]:
+    """A tiny transfer task under `root`: the two domains and a tiny `local-dir:` ViT. Ray
+    worker processes do not see the open_clip configs tests/conftest.py registers, so the model
+    is a folder (config + weights) that every process loads by path."""
+    return (write_tiny_domains(root / "data", per_class=per_class),
+            write_local_dir_model(root / "model", "tiny-vit-test"))

@@ -23,7 +23,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from helpers import tiny_train_overrides, write_local_dir_model, write_tiny_domains
+from helpers import tiny_train_overrides, write_tiny_domains
 from search_on_cluster import REPORT
 from vlpuda.errors import ConfigError, VlpudaError
 from vlpuda.search.driver import TRAIN_DRIVER, derive_concurrency, driver_resources
@@ -148,15 +148,8 @@ def gpu_node_ids(cluster) -> set[str]:
     return {n.node_id for n in cluster.worker_nodes if n is not cluster.driver_node}
 
 
-@pytest.fixture(scope="module")
-def tiny_task(tmp_path_factory) -> tuple[Path, str]:
-    root = tmp_path_factory.mktemp("cluster-task")
-    return write_tiny_domains(root / "data", per_class=24), \
-        write_local_dir_model(root / "model", "tiny-vit-test")
-
-
-def write_preset(tiny_task, tmp_path: Path, name: str, search: dict, **train) -> Path:
-    data, model = tiny_task
+def write_preset(tiny_assets, tmp_path: Path, name: str, search: dict, **train) -> Path:
+    data, model = tiny_assets
     preset = tiny_train_overrides(data, model, tmp_path / "train")
     preset.update({"iters_per_epoch": 3, "rst_threshold": 1e-4, **train})
     preset["search"] = {
@@ -244,13 +237,13 @@ def assert_cluster_is_idle(report: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def spread_search(cluster, tiny_task, tmp_path_factory) -> tuple[dict, str, Path, set[str]]:
+def spread_search(cluster, tiny_assets, tmp_path_factory) -> tuple[dict, str, Path, set[str]]:
     """Three trials on two GPU nodes; the dense one is stopped by the stored-params budget
     after its first epoch (its Tune trial, Train controller and workers are killed)."""
     tmp_path = tmp_path_factory.mktemp("spread")
     run_dir = tmp_path / "spread"
     seed_study(run_dir, "spread", LEARNS, DENSE, {**LEARNS, "lr": 2e-3})
-    preset = write_preset(tiny_task, tmp_path, "spread",
+    preset = write_preset(tiny_assets, tmp_path, "spread",
                           {"num_samples": 3, "stored_params_budget": BUDGET}, epochs=2)
     gpu_nodes = gpu_node_ids(cluster)
     report, out = finish_search(start_search(cluster, preset))
@@ -300,8 +293,8 @@ def test_early_stopped_trials_give_all_resources_back(spread_search):
 
 
 @pytest.mark.slow
-def test_a_lost_gpu_node_costs_a_retry_from_the_last_checkpoint(cluster, tiny_task, tmp_path):
-    preset = write_preset(tiny_task, tmp_path, "lost", {"num_samples": 2}, epochs=3,
+def test_a_lost_gpu_node_costs_a_retry_from_the_last_checkpoint(cluster, tiny_assets, tmp_path):
+    preset = write_preset(tiny_assets, tmp_path, "lost", {"num_samples": 2}, epochs=3,
                           iters_per_epoch=24)  # a few seconds per epoch: time to pull the plug
     run_dir = tmp_path / "lost"
     search = start_search(cluster, preset)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import write_local_dir_model, write_tiny_domains
+from helpers import write_tiny_task
 
 
 
@@ -106,7 +106,4 @@ def mlflow_server(tmp_path_factory, empty_mlflow_db):
 @pytest.fixture(scope="session")
 def tiny_files(tmp_path_factory) -> tuple[Path, str]:
     """Two tiny ImageFolder domains and a tiny local-dir ViT (for presets and real training)."""
-    root = tmp_path_factory.mktemp("tiny-tracking")
-    data = write_tiny_domains(root / "data", per_class=8)
-    model = write_local_dir_model(root / "model", "tiny-vit-test")
-    return data, model
+    return write_tiny_task(tmp_path_factory.mktemp("tiny-tracking"), per_class=8)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from vlpuda.config import TrainConfig
 from vlpuda.errors import ConfigError, VlpudaError
 from vlpuda.search.front import Front, format_front, front_of, write_front
-from vlpuda.search.settings import MANIFEST, SearchPlan, SearchSettings, build_plan
+from vlpuda.search.settings import MANIFEST, SearchPlan, SearchSettings, plan_from_manifest
 from vlpuda.search.study import (
     fail_running_trials,
     load_study,
@@ -58,11 +58,6 @@ def _log(message: str) -> None:
 # ---- Ray -------------------------------------------------------------------------------------
 
 
-def trial_cpus(settings: SearchSettings) -> float:
-    """Logical CPUs one trial reserves: its driver plus its Train workers."""
-    return TRIAL_DRIVER_CPUS + settings.workers_per_trial * settings.cpus_per_worker
-
-
 def local_cluster_cpus(settings: SearchSettings, cores: int, gpus: int) -> int:
     """Logical CPUs for a local Ray: enough for the intended concurrency.
 
@@ -73,11 +68,17 @@ def local_cluster_cpus(settings: SearchSettings, cores: int, gpus: int) -> int:
     if settings.max_concurrent_trials:
         concurrency = settings.max_concurrent_trials
     elif settings.gpus_per_trial > 0:
-        concurrency = int(gpus / settings.gpus_per_trial + 1e-9)
+        concurrency = fits(gpus, settings.gpus_per_trial)
     else:
         concurrency = int(cores // worker_cpus)
     concurrency = max(1, min(concurrency, settings.num_samples))
-    return max(cores, math.ceil(concurrency * trial_cpus(settings)))
+    # A local machine offers no TRAIN_DRIVER: the driver's own share (1 CPU unless set).
+    return max(cores, math.ceil(concurrency * trial_resources(settings, {})["CPU"]))
+
+
+def fits(available: float, amount: float) -> int:
+    """How many times `amount` fits in `available` (fractions such as 0.1 x 10 count as 10)."""
+    return int(available / amount + 1e-9)
 
 
 def driver_resources(settings: SearchSettings, cluster: dict[str, float]) -> dict[str, float]:
@@ -106,8 +107,8 @@ def trial_resources(settings: SearchSettings, cluster: dict[str, float]) -> dict
     return {name: amount for name, amount in demand.items() if amount > 0}
 
 
-def describe(resources: dict[str, float]) -> str:
-    return ", ".join(f"{amount:g} {name}" for name, amount in resources.items())
+def describe(resources: dict[str, float], sep: str = ", ") -> str:
+    return sep.join(f"{amount:g} {name}" for name, amount in resources.items())
 
 
 def worker_slots(settings: SearchSettings, nodes: list[dict[str, float]]) -> int:
@@ -115,7 +116,7 @@ def worker_slots(settings: SearchSettings, nodes: list[dict[str, float]]) -> int
     nodes, so two half-free GPUs on two nodes are not one GPU, and a resource only some node
     types have (accelerator_type:H100) counts only where it is."""
     need = worker_demand(settings)
-    return sum(min(int(node.get(name, 0.0) / amount + 1e-9) for name, amount in need.items())
+    return sum(min(fits(node.get(name, 0.0), amount) for name, amount in need.items())
                for node in nodes)
 
 
@@ -132,13 +133,12 @@ def derive_concurrency(settings: SearchSettings, resources: dict[str, float],
     if settings.max_concurrent_trials:
         return min(settings.max_concurrent_trials, settings.num_samples)
     demand = trial_resources(settings, resources)
-    concurrency = min(int(resources.get(name, 0.0) / amount + 1e-9)
-                      for name, amount in demand.items())
+    concurrency = min(fits(resources.get(name, 0.0), amount) for name, amount in demand.items())
     if nodes is not None:
         concurrency = min(concurrency, worker_slots(settings, nodes) // settings.workers_per_trial)
     if concurrency < 1:
-        needs = " and ".join(f"{amount:g} {name}" for name, amount in demand.items())
-        has = " and ".join(f"{resources.get(name, 0.0):g} {name}" for name in demand)
+        needs = describe(demand, " and ")
+        has = describe({name: resources.get(name, 0.0) for name in demand}, " and ")
         raise VlpudaError(
             f"one trial needs {needs} but the cluster has {has}; lower "
             "search.workers_per_trial / cpus_per_worker / gpus_per_trial / worker_resources, "
@@ -282,9 +282,7 @@ def make_trainable(plan: SearchPlan, tasks: tuple[dict[str, Any], ...], refs: li
     s = plan.settings
     setup = TrialSetup(tasks=tasks, num_workers=s.workers_per_trial,
                        cpus_per_worker=s.cpus_per_worker, gpus_per_trial=s.gpus_per_trial,
-                       worker_resources=s.worker_resources,
-                       storage_path=str(Path(plan.ray_storage) / "train")
-                       if "://" not in plan.ray_storage else f"{plan.ray_storage}/train")
+                       worker_resources=s.worker_resources, storage_path=plan.ray_path("train"))
     trainable = ray.tune.with_parameters(run_trial, setup=setup, assets=refs)
     # Where the trial's driver runs (its Train workers get their own placement group).
     return ray.tune.with_resources(trainable, driver_resources(s, ray.cluster_resources()))
@@ -350,8 +348,18 @@ def make_tuner(plan: SearchPlan, trainable, searcher, concurrency: int, experime
 # ---- the run directory -----------------------------------------------------------------------
 
 
+def with_status(manifest: dict[str, Any], status: str) -> dict[str, Any]:
+    """The manifest with a new status, stamped with the time."""
+    return {**manifest, "status": status, "updated": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def plan_study(plan: SearchPlan):
+    """The plan's Optuna study."""
+    return load_study({"study_name": plan.study_name, "storage": plan.storage})
+
+
 def _manifest(plan: SearchPlan, experiment: str, status: str) -> dict[str, Any]:
-    return {
+    return with_status({
         "name": plan.name,
         "study_name": plan.study_name,
         "storage": plan.storage,
@@ -363,17 +371,14 @@ def _manifest(plan: SearchPlan, experiment: str, status: str) -> dict[str, Any]:
         "fingerprint": plan.fingerprint(),
         "settings": plan.settings.model_dump(),
         "raw": plan.raw,
-        "status": status,
-        "updated": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
+    }, status)
 
 
 def abandon(plan: SearchPlan, manifest: dict[str, Any]) -> None:
     """Give up an unresumable run: its RUNNING trials FAIL, and a new search may start here."""
     study = load_study(manifest)
     fail_running_trials(study, manifest["experiment"], untagged=True)
-    write_manifest(plan.run_dir, {**manifest, "status": "abandoned",
-                                  "updated": time.strftime("%Y-%m-%d %H:%M:%S")})
+    write_manifest(plan.run_dir, with_status(manifest, "abandoned"))
 
 
 def check_extension(plan: SearchPlan) -> dict[str, Any] | None:
@@ -447,14 +452,9 @@ def resume_search(run_dir: str | Path, log: Log = _log) -> Front:
 
     run_dir = Path(run_dir).expanduser().resolve()
     manifest = read_manifest(run_dir)
-    # Where things live comes from the manifest (absolute), not from a cwd-relative preset.
-    section = manifest["raw"].get("search") or {}
-    where = {"run_dir": str(run_dir)}
-    where.update({key: manifest[stored] for key, stored in
-                  (("storage", "storage"), ("storage_path", "ray_storage")) if section.get(key)})
-    plan = build_plan(manifest["raw"], search_overrides=where, source=manifest.get("source"))
+    plan = plan_from_manifest(run_dir, manifest)
     experiment = manifest["experiment"]
-    path = _experiment_path(plan, experiment)
+    path = plan.ray_path(experiment)
     if not ray.tune.Tuner.can_restore(path):
         abandon(plan, manifest)
         raise VlpudaError(
@@ -465,8 +465,7 @@ def resume_search(run_dir: str | Path, log: Log = _log) -> Front:
     with ray_running(plan.settings, log):
         refs = share(assets)
         log(f"resuming {experiment} from {path}")
-        write_manifest(run_dir, {**manifest, "status": "running",
-                                 "updated": time.strftime("%Y-%m-%d %H:%M:%S")})
+        write_manifest(run_dir, with_status(manifest, "running"))
         # Unfinished and errored trials continue (each from its last Train checkpoint); the
         # searcher's state comes back from the experiment's snapshot.
         # The restored Tuner brings its MLflow callback back (it finds its runs by their tags);
@@ -487,22 +486,15 @@ def fit_tracked(tuner, plan: SearchPlan, tracker: SearchTracker | None):
         return tuner.fit()
     except Exception:
         if tracker is not None:  # never raises: a tracking failure only warns
-            tracker.finish(load_study({"study_name": plan.study_name, "storage": plan.storage}),
-                           finished=False)
+            tracker.finish(plan_study(plan), finished=False)
         raise
-
-
-def _experiment_path(plan: SearchPlan, experiment: str) -> str:
-    if "://" in plan.ray_storage:
-        return f"{plan.ray_storage}/{experiment}"
-    return str(Path(plan.ray_storage) / experiment)
 
 
 def finish(plan: SearchPlan, experiment: str, results, log: Log = _log,
            tracker: SearchTracker | None = None) -> Front:
     """Account for every trial, print the front and write it to the run dir. A finished run's
     leftover RUNNING study trials are marked FAIL; an interrupted one (Ctrl-C) is left to resume."""
-    study = load_study({"study_name": plan.study_name, "storage": plan.storage})
+    study = plan_study(plan)
     planned = plan.settings.num_samples
     terminated, errored = results.num_terminated, results.num_errors
     unfinished = planned - terminated - errored
@@ -523,7 +515,6 @@ def finish(plan: SearchPlan, experiment: str, results, log: Log = _log,
         f"print it again with: vlpuda pareto {plan.run_dir}")
     if tracker is not None:  # never raises: a tracking failure only warns
         tracker.finish(study, finished=not unfinished)
-    manifest = read_manifest(plan.run_dir)
-    write_manifest(plan.run_dir, {**manifest, "status": "running" if unfinished else "finished",
-                                  "updated": time.strftime("%Y-%m-%d %H:%M:%S")})
+    write_manifest(plan.run_dir, with_status(read_manifest(plan.run_dir),
+                                             "running" if unfinished else "finished"))
     return front

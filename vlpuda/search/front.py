@@ -41,6 +41,11 @@ class Front:
         return [t.number for t in self.trials]
 
 
+def complete_trials(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """The trials that count on a front: COMPLETE, with both objective values."""
+    return [t for t in trials if t.state == TrialState.COMPLETE and t.values is not None]
+
+
 def front_of(study: optuna.Study) -> Front:
     """The Pareto front of the study's COMPLETE trials and its hypervolume.
 
@@ -49,7 +54,7 @@ def front_of(study: optuna.Study) -> Front:
     """
     trials = study.get_trials(deepcopy=False)
     states = Counter(t.state.name for t in trials)
-    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.values is not None]
+    complete = complete_trials(trials)
     if not complete:
         return Front([], 0.0, None, states)
     values = np.array([t.values for t in complete], dtype=float)

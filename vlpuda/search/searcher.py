@@ -68,6 +68,13 @@ class ParetoOptunaSearch(OptunaSearch):
         """The trial as the database has it now (numbers index a study's trials)."""
         return self._ot_study.get_trials(deepcopy=False)[number]
 
+    def _outcome(self, result: dict | None, error: bool
+                 ) -> tuple[TrialState, str, list[float] | None]:
+        """How the trial counts (trial_outcome), and its values when COMPLETE."""
+        state, reason = trial_outcome(result, error, self._full_epochs, self._budget)
+        values = [float(result[m]) for m in METRICS] if state == TrialState.COMPLETE else None
+        return state, reason, values
+
     @staticmethod
     def _attrs(trial_id: str, result: dict | None, state: TrialState, reason: str
                ) -> dict[str, Any]:
@@ -81,15 +88,13 @@ class ParetoOptunaSearch(OptunaSearch):
                           error: bool = False) -> None:
         if trial_id not in self._ot_trials:
             return
-        number = self._ot_trials[trial_id].number
-        if trial_id in self._completed_trials or self._stored(number).state.is_finished():
-            # Told before: by this searcher, or after the snapshot it was restored from.
-            self._completed_trials.add(trial_id)
-            self._record_rerun(trial_id, number, result, error)
-            return
+        stored = self._stored(self._ot_trials[trial_id].number)
+        told_before = trial_id in self._completed_trials or stored.state.is_finished()
         self._completed_trials.add(trial_id)
-        state, reason = trial_outcome(result, error, self._full_epochs, self._budget)
-        values = [float(result[m]) for m in METRICS] if state == TrialState.COMPLETE else None
+        if told_before:  # by this searcher, or after the snapshot it was restored from
+            self._record_rerun(trial_id, stored, result, error)
+            return
+        state, reason, values = self._outcome(result, error)
         try:
             for key, value in self._attrs(trial_id, result, state, reason).items():
                 self._ot_trials[trial_id].set_user_attr(key, value)
@@ -97,16 +102,14 @@ class ParetoOptunaSearch(OptunaSearch):
         except Exception as err:  # a storage hiccup must not end the search
             logger.warning("could not record trial %s in the study: %s", trial_id, err)
 
-    def _record_rerun(self, trial_id: str, number: int, result: dict | None, error: bool
-                      ) -> None:
+    def _record_rerun(self, trial_id: str, stored: optuna.trial.FrozenTrial,
+                      result: dict | None, error: bool) -> None:
         """A trial that had failed and now finished on resume (resume_errored): its result is
         added as a new study trial with the same parameters rather than lost."""
-        stored = self._stored(number)
-        state, reason = trial_outcome(result, error, self._full_epochs, self._budget)
+        state, reason, values = self._outcome(result, error)
         if stored.state != TrialState.FAIL or state == TrialState.FAIL:
             return
-        values = [float(result[m]) for m in METRICS] if state == TrialState.COMPLETE else None
-        attrs = {**self._attrs(trial_id, result, state, reason), "rerun_of": number}
+        attrs = {**self._attrs(trial_id, result, state, reason), "rerun_of": stored.number}
         try:
             self._ot_study.add_trial(optuna.trial.create_trial(
                 state=state, params=stored.params, distributions=stored.distributions,

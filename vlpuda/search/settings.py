@@ -113,6 +113,10 @@ class SearchPlan:
     def grace_period(self) -> int:
         return self.settings.early_stopping.grace_period or min_grace_period(self.epochs)
 
+    def ray_path(self, name: str) -> str:
+        """`name` under ray_storage, an absolute path or a URI alike."""
+        return f"{self.ray_storage}/{name}"
+
     def fingerprint(self) -> dict[str, Any]:
         """What must match for a later search to extend this one's study: the tasks and every
         training setting that trials do not set themselves. Trials differing only in searched
@@ -311,6 +315,19 @@ def _locations(settings: SearchSettings, source: str | None, problems: list[str]
         # Ray needs an absolute path: a relative one is resolved against each process's cwd.
         ray_storage = str(Path(settings.storage_path or run_dir / "ray").expanduser().resolve())
     return name, run_dir, storage, ray_storage
+
+
+def plan_from_manifest(run_dir: Path, manifest: dict[str, Any], *, check_paths: bool = True
+                       ) -> SearchPlan:
+    """The plan of the search a run dir's manifest records, as that search had it: where things
+    live comes from the manifest (absolute paths), not from the preset's paths read relative to
+    today's working directory."""
+    section = manifest["raw"].get(SEARCH_KEY) or {}
+    where = {"run_dir": str(run_dir)}
+    where.update({key: manifest[stored] for key, stored in
+                  (("storage", "storage"), ("storage_path", "ray_storage")) if section.get(key)})
+    return build_plan(manifest["raw"], search_overrides=where, source=manifest.get("source"),
+                      check_paths=check_paths)
 
 
 def build_plan(

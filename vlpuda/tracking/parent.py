@@ -29,7 +29,7 @@ import optuna
 from mlflow.entities import Metric, Run
 from optuna.trial import FrozenTrial, TrialState
 
-from vlpuda.search.front import Front, front_of, front_rows
+from vlpuda.search.front import Front, complete_trials, front_of, front_rows
 from vlpuda.search.pareto import default_reference, hypervolume_2d, non_dominated_ranks
 from vlpuda.search.settings import METRICS, MODES
 from vlpuda.search.study import STOP_REASON, TUNE_TRIAL_ID
@@ -194,8 +194,7 @@ def log_search_front(recorder: Recorder, study: optuna.Study,
     info, client = recorder.info, recorder.client
     front = front_of(study)
     finished = finished_in_order(study)
-    complete = [t for t in study.get_trials(deepcopy=False)
-                if t.state == TrialState.COMPLETE and t.values is not None]
+    complete = complete_trials(study.get_trials(deepcopy=False))
     children = study_children(recorder)
     artifacts: list[str] = []
 

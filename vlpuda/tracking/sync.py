@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vlpuda.search.settings import plan_from_manifest
 from vlpuda.search.study import STOP_REASON, TUNE_TRIAL_ID, load_study, read_manifest
 from vlpuda.tracking.describe import search_info
 from vlpuda.tracking.destination import (
@@ -51,20 +52,6 @@ class SyncSummary:
                 f"{self.parents_created} parent run(s) and {self.children_created} trial run(s) "
                 f"created, {self.children_complete} already complete, {self.metrics_logged} "
                 f"metric values and {self.deltas_logged} delta(s) logged; {front}")
-
-
-def _plan(run_dir: Path, manifest: dict):
-    """The search's plan as the search itself had it: where things live comes from the manifest
-    (absolute), not from a preset's paths read relative to today's working directory."""
-    from vlpuda.search.settings import build_plan
-
-    section = manifest["raw"].get("search") or {}
-    where = {"run_dir": str(run_dir)}
-    where.update({key: manifest[stored] for key, stored in
-                  (("storage", "storage"), ("storage_path", "ray_storage")) if section.get(key)})
-    # Paths are not checked: the data may have moved since; only names and settings matter.
-    return build_plan(manifest["raw"], search_overrides=where, source=manifest.get("source"),
-                      check_paths=False)
 
 
 def _outcomes(study) -> dict[str, tuple[str, str]]:
@@ -117,7 +104,8 @@ def sync_run_dir(run_dir: str | Path, tracking_uri: str | None = None,
 
     run_dir = Path(run_dir).expanduser().resolve()
     manifest = read_manifest(run_dir)
-    plan = _plan(run_dir, manifest)
+    # Data paths are not checked: the data may have moved since; only names and settings matter.
+    plan = plan_from_manifest(run_dir, manifest, check_paths=False)
     settings = tracking_settings(plan.raw, plan.source)
     experiment = experiment or settings.experiment
     recorded = read_destination(run_dir)
