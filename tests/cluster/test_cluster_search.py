@@ -294,8 +294,11 @@ def test_early_stopped_trials_give_all_resources_back(spread_search):
 
 @pytest.mark.slow
 def test_a_lost_gpu_node_costs_a_retry_from_the_last_checkpoint(cluster, tiny_assets, tmp_path):
+    # Epochs of several seconds: an idle machine trains 24 tiny iterations in under a second,
+    # less than Tune takes to hear of an epoch, and the trial could finish before the plug is
+    # pulled.
     preset = write_preset(tiny_assets, tmp_path, "lost", {"num_samples": 2}, epochs=3,
-                          iters_per_epoch=24)  # a few seconds per epoch: time to pull the plug
+                          iters_per_epoch=200)
     run_dir = tmp_path / "lost"
     search = start_search(cluster, preset)
     try:
