@@ -8,10 +8,12 @@ Both pipelines make the paper's training batch (method.md section 6) on the same
             ToTensor, Normalize(CLIP mean/std), through DataLoader(num_workers=2, batch 32,
             shuffle, drop_last): every image is opened and decoded each time it is drawn,
   vlpuda    decode_domain once into the on-disk cache (timed separately: a one-off per node), then
-            per batch of 32: InfiniteSampler, a gather from the memory-mapped uint8 arrays,
-            train_views (crop + flip, still uint8) and model_input (float, normalised) on the
-            CPU, as the training loop does on a CPU-only node (on a GPU node the loop moves the
-            uint8 batch to the GPU first).
+            per batch of 32: InfiniteSampler and cached_train_input (each image's random window
+            read from the memory-mapped uint8 array, flipped, converted and normalised), as the
+            training loop does on a CPU-only node.
+  batch     the GPU node's path run on the CPU, for reference: a gather of the uint8 batch from
+            the memory map, train_views (crop + flip, still uint8), model_input (float,
+            normalised); on a GPU node only the gather runs on the CPU.
 Images are generated JPEGs of 256..400 px per side in class folders, in a temporary directory
 removed afterwards. The two pipelines are timed in alternating rounds so that load from other
 jobs hits both alike; the first batches of each round (worker start-up, page faults) are not
@@ -41,6 +43,7 @@ from torchvision import datasets, transforms
 from vlpuda.trainables.data import (
     DecodedDomain,
     InfiniteSampler,
+    cached_train_input,
     decode_domain,
     list_imagefolder,
     model_input,
@@ -107,11 +110,17 @@ def endless(loader: DataLoader) -> Iterator[torch.Tensor]:
 
 @dataclass
 class CachedPipeline:
-    """The training loop's batch path over a decoded domain (loop.TaskRun._batch and _view)."""
+    """The training loop's batch paths over a decoded domain (loop.TaskRun._weak_view)."""
 
     domain: DecodedDomain
     sampler: InfiniteSampler
     generator: torch.Generator
+
+    def batches(self) -> Iterator[torch.Tensor]:
+        """A CPU-only node's path: windows read, converted and normalised image by image."""
+        while True:
+            yield cached_train_input(self.domain.train_images, self.sampler.next_batch(), CROP,
+                                     0, True, self.generator, CLIP_MEAN, CLIP_STD)
 
     def gather(self) -> torch.Tensor:
         index = self.sampler.next_batch()
@@ -120,7 +129,8 @@ class CachedPipeline:
     def views(self, images: torch.Tensor) -> torch.Tensor:
         return train_views(images, CROP, 0, True, self.generator)
 
-    def batches(self) -> Iterator[torch.Tensor]:
+    def batch_path(self) -> Iterator[torch.Tensor]:
+        """A GPU node's path (gather, then crop and normalise as batches), here on the CPU."""
         while True:
             yield model_input(self.views(self.gather()), CLIP_MEAN, CLIP_STD)
 
@@ -142,7 +152,7 @@ def open_cached(root: Path, cache: Path, batch: int, threads: int
 
 
 def stage_milliseconds(pipeline: CachedPipeline, repeats: int) -> dict[str, float]:
-    """Median milliseconds per batch of each stage of the cached path."""
+    """Median milliseconds per batch of each stage of the batch path."""
     stages = ("gather", "train_views", "model_input")
     times: dict[str, list[float]] = {stage: [] for stage in stages}
     for _ in range(repeats):
@@ -205,19 +215,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def measure_rounds(root: Path, pipeline: CachedPipeline, args: argparse.Namespace
-                   ) -> tuple[list[float], list[float]]:
-    """Images/s of each pipeline, alternating, so load from other jobs hits both alike."""
-    base, ours = [], []
+                   ) -> dict[str, list[float]]:
+    """Images/s of each pipeline, alternating, so load from other jobs hits all alike."""
+    rates: dict[str, list[float]] = {"baseline": [], "vlpuda": [], "batch": []}
     for round_index in range(args.rounds):
         loader = baseline_loader(root, args.batch, args.workers)
-        base.append(images_per_second(endless(loader), 3, args.batches))
+        rates["baseline"].append(images_per_second(endless(loader), 3, args.batches))
         del loader
         gc.collect()  # the DataLoader's worker processes exit before vlpuda's turn
-        ours.append(images_per_second(pipeline.batches(), 3, args.vlpuda_batches))
-        print(f"  round {round_index + 1}: baseline {base[-1]:7.1f} images/s, vlpuda "
-              f"{ours[-1]:7.1f} images/s, ratio {ours[-1] / base[-1]:5.1f}x "
+        rates["vlpuda"].append(images_per_second(pipeline.batches(), 3, args.vlpuda_batches))
+        rates["batch"].append(images_per_second(pipeline.batch_path(), 3, args.vlpuda_batches))
+        base = rates["baseline"][-1]
+        print(f"  round {round_index + 1}: baseline {base:7.1f} images/s, vlpuda "
+              f"{rates['vlpuda'][-1]:7.1f} ({rates['vlpuda'][-1] / base:4.1f}x), batch path "
+              f"{rates['batch'][-1]:7.1f} ({rates['batch'][-1] / base:4.1f}x) "
               f"(load {load_average()})")
-    return base, ours
+    return rates
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -238,17 +251,23 @@ def main(argv: Sequence[str] | None = None) -> None:
               f"({args.images / decode_s:.0f} images/s, {args.decode_threads} threads, "
               f"{cache_mb:.0f} MB on disk); reopening the cached entry: {open_s * 1e3:.1f} ms")
 
-        base, ours = measure_rounds(root, pipeline, args)
+        rates = measure_rounds(root, pipeline, args)
         stages = stage_milliseconds(pipeline, 10)
 
-    base_median, ours_median = statistics.median(base), statistics.median(ours)
-    ratio = statistics.median(o / b for o, b in zip(ours, base))
+    base_median = statistics.median(rates["baseline"])
+
+    def ratio(name: str) -> float:  # the median of per-round ratios
+        return statistics.median(o / b for o, b in zip(rates[name], rates["baseline"]))
+
     print(f"\nbaseline  ImageFolder + DataLoader(num_workers={args.workers}): "
           f"{base_median:8.1f} images/s (median of {args.rounds} rounds)")
-    print(f"vlpuda    cached arrays + train_views + model_input: {ours_median:8.1f} images/s")
-    print("          per batch (median ms): "
+    print(f"vlpuda    cached_train_input:                     "
+          f"{statistics.median(rates['vlpuda']):8.1f} images/s, {ratio('vlpuda'):.1f}x "
+          "(goal >= 10x)")
+    print(f"batch     gather + train_views + model_input:     "
+          f"{statistics.median(rates['batch']):8.1f} images/s, {ratio('batch'):.1f}x")
+    print("          batch path per batch (median ms): "
           + ", ".join(f"{stage} {ms:.1f}" for stage, ms in stages.items()))
-    print(f"vlpuda / baseline: {ratio:.1f}x (median of per-round ratios; goal >= 10x)")
     epoch_s = args.images / base_median
     print(f"the one-off decode costs {decode_s / epoch_s:.2f} baseline epochs; it is paid once "
           "per node and dataset, not per trial")

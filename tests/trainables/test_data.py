@@ -18,6 +18,7 @@ from vlpuda.trainables.data import (
     DecodedDomain,
     InfiniteSampler,
     Sample,
+    cached_train_input,
     check_same_classes,
     decode_domain,
     decoded_from_arrays,
@@ -348,6 +349,26 @@ def test_model_input_normalises_per_channel(layout) -> None:
     # (v / 255 - mean) / std by hand: (0 - .5) / .5, (.2 - .25) / .25, (1 - 0) / 2
     for channel, expected in enumerate((-1.0, -0.2, 0.5)):
         assert torch.allclose(x[:, channel], torch.tensor(expected), atol=1e-6)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize(("size", "crop", "pad"), [(20, 16, 0), (10, 10, 3), (12, 8, 5)])
+def test_cached_train_input_equals_the_batch_path(tmp_path, layout, size, crop, pad) -> None:
+    # Read-only memory map, as the decoded cache and Ray's object store hand it to a trial;
+    # pad 5 around 12 px with an 8 px crop puts some windows wholly or partly on the border.
+    path = tmp_path / "images.npy"
+    np.save(path, np.random.default_rng(5).integers(0, 256, (9, size, size, 3), np.uint8))
+    images = np.load(path, mmap_mode="r")
+    index = np.array([7, 0, 3, 3, 8, 1])
+    mean, std = (0.48, 0.46, 0.41), (0.27, 0.26, 0.28)
+    fused_gen, batch_gen = torch.Generator().manual_seed(6), torch.Generator().manual_seed(6)
+    fused = cached_train_input(images, index, crop, pad, True, fused_gen, mean, std, layout)
+    views = train_views(torch.from_numpy(images[index]), crop, pad, True, batch_gen)
+    expected = model_input(views, mean, std, layout)
+    assert fused.is_contiguous(memory_format=layout)
+    assert torch.equal(fused, expected)  # bit for bit: the same multiply-add per element
+    # The same draws, so a resumed trial's views do not depend on the path or the device.
+    assert torch.equal(fused_gen.get_state(), batch_gen.get_state())
 
 
 def test_strong_views_shape_and_determinism() -> None:

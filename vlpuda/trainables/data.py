@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -429,8 +430,23 @@ class InfiniteSampler:
 #
 # Views stay uint8 and channels-last (B, H, W, 3) until `model_input`, which converts, scales
 # and normalises in one pass: a float batch is four times the bytes, and on a CPU node every
-# extra pass over it costs as much as the crop itself.
+# extra pass over it costs as much as the crop itself. A GPU node gathers the uint8 batch, moves
+# it and runs `train_views` + `model_input` there; a CPU node runs `cached_train_input`, which
+# does both per image straight from the decoded array.
 # ---------------------------------------------------------------------------------------------
+
+
+def _crop_draws(b: int, padded_size: int, crop: int, hflip: bool, generator: torch.Generator
+                ) -> list[tuple[int, int, bool]]:
+    """Each image's window corner (top, left) in the padded image, and whether to flip it.
+
+    Drawn on the CPU whatever the device, in the same order by both view paths below: the same
+    generator state gives the same views on any device and either path."""
+    if padded_size < crop:
+        raise ValueError(f"crop {crop} exceeds the padded image size {padded_size}")
+    offsets = torch.randint(0, padded_size - crop + 1, (b, 2), generator=generator).tolist()
+    flips = (torch.rand(b, generator=generator) < 0.5).tolist()
+    return [(top, left, hflip and flip) for (top, left), flip in zip(offsets, flips)]
 
 
 def train_views(
@@ -439,24 +455,63 @@ def train_views(
     """Zero-pad, random-crop and optionally flip each image: uint8 (B, S, S, 3) -> uint8
     (B, crop, crop, 3), on the images' device."""
     b, s = images.shape[0], images.shape[1]
-    padded_size = s + 2 * pad
-    if padded_size < crop:
-        raise ValueError(f"crop {crop} exceeds the padded image size {padded_size}")
-    # Draw on CPU whatever the device: the same generator state gives the same views anywhere.
-    offsets = torch.randint(0, padded_size - crop + 1, (b, 2), generator=generator).tolist()
-    flips = (torch.rand(b, generator=generator) < 0.5).tolist()
+    draws = _crop_draws(b, s + 2 * pad, crop, hflip, generator)
     if pad:
-        padded = images.new_zeros((b, padded_size, padded_size, images.shape[3]))
+        padded = images.new_zeros((b, s + 2 * pad, s + 2 * pad, images.shape[3]))
         padded[:, pad : pad + s, pad : pad + s] = images
     else:
         padded = images
     # A slice per image is a view; one stack copies them all. (A batched gather with index
     # tensors does the same work several times slower on a CPU.)
     windows = []
-    for i, ((top, left), flip) in enumerate(zip(offsets, flips)):
+    for i, (top, left, flip) in enumerate(draws):
         window = padded[i, top : top + crop, left : left + crop]
-        windows.append(window.flip(1) if hflip and flip else window)
+        windows.append(window.flip(1) if flip else window)
     return torch.stack(windows)
+
+
+def _padded_window(image: np.ndarray, top: int, left: int, crop: int, pad: int) -> torch.Tensor:
+    """The uint8 (crop, crop, 3) window at (top, left) of `image` (S, S, 3) zero-padded by `pad`
+    on every side; a view of the array when there is no padding."""
+    if not pad:
+        return torch.from_numpy(image[top : top + crop, left : left + crop])
+    s = image.shape[0]
+    window = torch.zeros((crop, crop, 3), dtype=torch.uint8)
+    # Window row r is image row top + r - pad: keep the rows and columns that fall on the image.
+    r0, r1 = max(0, pad - top), min(crop, s + pad - top)
+    c0, c1 = max(0, pad - left), min(crop, s + pad - left)
+    window[r0:r1, c0:c1] = torch.from_numpy(
+        image[top - pad + r0 : top - pad + r1, left - pad + c0 : left - pad + c1])
+    return window
+
+
+def cached_train_input(
+    images: np.ndarray, index: np.ndarray, crop: int, pad: int, hflip: bool,
+    generator: torch.Generator, mean: Sequence[float], std: Sequence[float],
+    memory_format: torch.memory_format = torch.contiguous_format,
+) -> torch.Tensor:
+    """`model_input(train_views(images[index], ...))` on the CPU, read straight from the decoded
+    arrays: the same values and the same generator draws, without the intermediate batches.
+
+    On a CPU-only node the batch path is bound by memory bandwidth: it gathers whole images,
+    stacks their windows and converts the stack, three passes over batches that do not fit in
+    the CPU's caches. Here each window is read from the (memory-mapped) array, converted and
+    normalised while it is still in cache, and written once into the float batch.
+    """
+    b, s = len(index), images.shape[1]
+    draws = _crop_draws(b, s + 2 * pad, crop, hflip, generator)
+    scale, shift = _scale_and_shift(tuple(mean), tuple(std), torch.device("cpu"))
+    out = torch.empty((b, 3, crop, crop), memory_format=memory_format)
+    with warnings.catch_warnings():
+        # The arrays are read-only (a memory map, or Ray's object store); windows are only read.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        for i, (image_index, (top, left, flip)) in enumerate(zip(index, draws)):
+            window = _padded_window(images[image_index], top, left, crop, pad)
+            if flip:
+                window = window.flip(1)
+            # (x / 255 - mean) / std as one multiply-add, written through an HWC view of out[i].
+            torch.addcmul(shift, window.float(), scale, out=out[i].permute(1, 2, 0))
+    return out
 
 
 @functools.lru_cache(maxsize=1)

@@ -35,8 +35,9 @@ from vlpuda.config import TrainConfig
 from vlpuda.trainables.assets import TaskAssets, build_task_assets, load_domain, resolve_demo
 from vlpuda.trainables.data import (
     DecodedDomain,
-    check_same_classes,
     InfiniteSampler,
+    cached_train_input,
+    check_same_classes,
     model_input,
     strong_views,
     train_views,
@@ -279,16 +280,26 @@ class TaskRun:
             self.load_checkpoint(Path(resume_from))
 
     # ---- one epoch of training ---------------------------------------------------------------
-    def _batch(self, domain: DecodedDomain, sampler: InfiniteSampler) -> tuple[torch.Tensor, ...]:
-        index = sampler.next_batch()
-        images = torch.from_numpy(np.asarray(domain.train_images[index])).to(self.device)
-        labels = torch.from_numpy(np.asarray(domain.labels[index])).to(self.device)
-        return images, labels
+    def _images(self, domain: DecodedDomain, index: np.ndarray) -> torch.Tensor:
+        """The decoded uint8 training images at `index`, on the trial's device."""
+        return torch.from_numpy(np.asarray(domain.train_images[index])).to(self.device)
 
-    def _view(self, images: torch.Tensor) -> torch.Tensor:
+    def _weak_view(self, domain: DecodedDomain, index: np.ndarray,
+                   images: torch.Tensor | None = None) -> torch.Tensor:
+        """The training view (crop, flip) of the images at `index`, normalised for the model.
+
+        On a CPU straight from the decoded array, per image (`cached_train_input`); on a GPU the
+        uint8 batch (`images` when the caller already gathered it) is moved there first and
+        cropped and normalised as a batch. Both draw the same views from the generator."""
         cfg = self.cfg
-        views = train_views(images, cfg.image_size, cfg.pad, cfg.hflip, self.generator)
-        return self._input(views)
+        if self.device.type == "cpu" and images is None:
+            return cached_train_input(domain.train_images, index, cfg.image_size, cfg.pad,
+                                      cfg.hflip, self.generator, self.assets.mean,
+                                      self.assets.std, self._layout)
+        if images is None:
+            images = self._images(domain, index)
+        return self._input(train_views(images, cfg.image_size, cfg.pad, cfg.hflip,
+                                       self.generator))
 
     @property
     def _layout(self) -> torch.memory_format:
@@ -324,14 +335,18 @@ class TaskRun:
             decay = inverse_decay(self.iteration, cfg.lr_gamma, cfg.lr_decay)
             for group in self.optimizer.param_groups:
                 group["lr"] = group["lr_base"] * decay
-            src_images, src_labels = self._batch(assets.source, self.src_sampler)
-            batches = [self._view(src_images)]
+            src_index = self.src_sampler.next_batch()
+            src_labels = torch.from_numpy(assets.source.labels[src_index]).to(self.device)
+            batches = [self._weak_view(assets.source, src_index)]
             if not cfg.baseline:
-                tgt_images, _ = self._batch(assets.target, self.tgt_sampler)
-                batches.append(self._view(tgt_images))
-                if cfg.fixmatch:
+                tgt_index = self.tgt_sampler.next_batch()
+                if cfg.fixmatch:  # weak and strong views of the same gathered target images
+                    tgt_images = self._images(assets.target, tgt_index)
+                    batches.append(self._weak_view(assets.target, tgt_index, tgt_images))
                     strong = strong_views(tgt_images, cfg.image_size, self.generator)
                     batches.append(self._input(strong))
+                else:
+                    batches.append(self._weak_view(assets.target, tgt_index))
 
             # One forward call for all views: DDP expects one forward per backward, and the
             # head's BatchNorm still sees each domain separately inside it.
