@@ -11,6 +11,11 @@ For each model it times
   reset    the RST reset alone,
 and prints bare/trainer (1.0 = no overhead) and the reset's share of a trainer step. Random-init
 weights: speed does not depend on the weights. Images are synthetic uint8 arrays in memory.
+
+Model FLOPs utilisation: the matmul and convolution FLOPs of one step, forward and backward, as
+torch's FlopCounterMode counts them (elementwise work is not counted), per second, over the
+device's dense peak for the precision: a built-in table for common GPUs, or `--peak-tflops`
+(needed on a CPU; without it only the achieved TFLOP/s are printed).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import open_clip  # noqa: E402
 import torch  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from vlpuda.config import build_config  # noqa: E402
 from vlpuda.trainables.assets import TaskAssets  # noqa: E402
@@ -56,6 +62,34 @@ def timed_alternating(fns, repeats: int, device: torch.device) -> list[float]:
             synchronize(device)
             samples.append(time.perf_counter() - start)
     return [statistics.median(samples) for samples in times]
+
+
+# Dense peak TFLOP/s from the vendors' data sheets (no structured sparsity), by a substring of
+# torch.cuda.get_device_name() and vlpuda's precision. fp32 is the plain fp32 rate: PyTorch does
+# not use TF32 for matmuls unless asked, and vlpuda does not ask.
+PEAK_TFLOPS = {
+    "H100 PCIe": {"amp_bf16": 756.0, "fp32": 51.0},
+    "H100": {"amp_bf16": 989.4, "fp32": 66.9},  # SXM
+    "H200": {"amp_bf16": 989.4, "fp32": 66.9},
+    "A100": {"amp_bf16": 312.0, "fp32": 19.5},
+}
+
+
+def peak_tflops(device: torch.device, precision: str, given: float | None) -> float | None:
+    if given is not None or device.type != "cuda":
+        return given
+    name = torch.cuda.get_device_name(device)
+    for key, peaks in PEAK_TFLOPS.items():  # the first match: "H100 PCIe" before "H100"
+        if key in name:
+            return peaks[precision]
+    return None
+
+
+def step_flops(fn) -> int:
+    """Matmul and convolution FLOPs of one call, forward and backward."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
 
 
 def peak_memory(fn, device: torch.device) -> int:
@@ -102,7 +136,8 @@ def bare_step_fn(model_name: str, size: int, batch: int, num_classes: int, devic
     return step, dim
 
 
-def measure(model_name: str, size: int, batch: int, repeats: int, device, precision: str) -> dict:
+def measure(model_name: str, size: int, batch: int, repeats: int, device, precision: str,
+            peak: float | None) -> dict:
     num_classes = 65
     torch.manual_seed(0)
     bare, dim = bare_step_fn(model_name, size, batch, num_classes, device)
@@ -118,7 +153,10 @@ def measure(model_name: str, size: int, batch: int, repeats: int, device, precis
     bare_seconds, trainer_seconds, reset_seconds = timed_alternating(
         [bare, run.train_epoch, run.sparsity.reset_], repeats, device)
     trainer_memory = peak_memory(run.train_epoch, device) - resident
+    bare_flops, trainer_flops = step_flops(bare), step_flops(run.train_epoch)
     run.close()
+    bare_tflops = bare_flops / bare_seconds / 1e12
+    trainer_tflops = trainer_flops / trainer_seconds / 1e12
     return {
         "model": model_name, "image_size": size, "batch": f"{batch}+{batch}",
         "bare_ms": 1000 * bare_seconds, "trainer_ms": 1000 * trainer_seconds,
@@ -126,6 +164,10 @@ def measure(model_name: str, size: int, batch: int, repeats: int, device, precis
         "rst_reset_share": reset_seconds / trainer_seconds,
         "trainer_images_per_s": 2 * batch / trainer_seconds,
         "bare_peak_gib": bare_memory / 2**30, "trainer_peak_gib": trainer_memory / 2**30,
+        "trainer_gflop_per_step": trainer_flops / 1e9,
+        "bare_tflop_per_s": bare_tflops, "trainer_tflop_per_s": trainer_tflops,
+        "bare_mfu": bare_tflops / peak if peak else None,
+        "trainer_mfu": trainer_tflops / peak if peak else None,
     }
 
 
@@ -137,15 +179,21 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "amp_bf16"])
+    parser.add_argument("--peak-tflops", type=float,
+                        help="the device's dense peak TFLOP/s at this precision, for MFU "
+                        "(default: the table for known GPUs; none on a CPU)")
     args = parser.parse_args()
     for config in TINY_CONFIGS.glob("*.json"):
         open_clip.add_model_config(config)
     device = torch.device(args.device)
     machine = torch.cuda.get_device_name() if device.type == "cuda" else (
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
-    print(f"# {machine}; torch {torch.__version__}; precision {args.precision}")
+    peak = peak_tflops(device, args.precision, args.peak_tflops)
+    print(f"# {machine}; torch {torch.__version__}; precision {args.precision}; "
+          f"peak {peak if peak else 'unknown'} TFLOP/s")
     for name in args.models:
-        row = measure(name, args.image_size, args.batch, args.repeats, device, args.precision)
+        row = measure(name, args.image_size, args.batch, args.repeats, device, args.precision,
+                      peak)
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}))
 
 

@@ -13,6 +13,7 @@ from PIL import Image
 from torchvision.datasets import ImageFolder
 
 from vlpuda.errors import DataError
+from vlpuda.trainables import data
 from vlpuda.trainables.data import (
     IMG_EXTENSIONS,
     DecodedDomain,
@@ -353,9 +354,14 @@ def test_model_input_normalises_per_channel(layout) -> None:
 
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
 @pytest.mark.parametrize(("size", "crop", "pad"), [(20, 16, 0), (10, 10, 3), (12, 8, 5)])
-def test_cached_train_input_equals_the_batch_path(tmp_path, layout, size, crop, pad) -> None:
+@pytest.mark.parametrize("windows_per_chunk", [1, 4, None])
+def test_cached_train_input_equals_the_batch_path(tmp_path, monkeypatch, layout, size, crop, pad,
+                                                  windows_per_chunk) -> None:
     # Read-only memory map, as the decoded cache and Ray's object store hand it to a trial;
     # pad 5 around 12 px with an 8 px crop puts some windows wholly or partly on the border.
+    # Chunks of 1 and 4 windows (6 images: a short last chunk) and the default (one chunk).
+    if windows_per_chunk:
+        monkeypatch.setattr(data, "CHUNK_BYTES", windows_per_chunk * crop * crop * 3 * 4)
     path = tmp_path / "images.npy"
     np.save(path, np.random.default_rng(5).integers(0, 256, (9, size, size, 3), np.uint8))
     images = np.load(path, mmap_mode="r")

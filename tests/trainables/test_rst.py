@@ -9,11 +9,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from vlpuda.trainables import rst
 from vlpuda.trainables.rst import (
     DeltaError,
     ResidualSparsity,
     apply_delta_,
+    kth_largest,
     load_delta,
+    reset_below_threshold_,
     save_delta,
     stored_params,
 )
@@ -39,7 +42,32 @@ def sgd_steps(visual: torch.nn.Module, sparsity: ResidualSparsity, steps: int, l
         sparsity.reset_()
 
 
-def test_threshold_mode_invariant(tiny_model_name):
+@pytest.mark.parametrize("by_topk", [False, True])  # True: the CUDA route, run on the CPU
+def test_kth_largest_matches_a_full_sort(by_topk):
+    values = torch.randn(10_001, generator=torch.Generator().manual_seed(0)).abs()
+    values[:50] = 7.0  # ties at the top
+    ranked = values.sort(descending=True).values
+    for k in (1, 2, 50, 51, 5_000, 10_001):
+        assert float(kth_largest(values, k, by_topk)) == float(ranked[k - 1]), k
+
+
+def test_reset_keeps_moved_entries_bit_exact_and_restores_the_rest():
+    w0 = torch.tensor([1.0, 1.0, -2.0, 0.1, 3.0, 0.0, 5.0])
+    # moved by: +0.5, exactly tau (reset: keep iff > tau), -0.5 (kept), below tau,
+    # 1e-7 on 3.0 (below float32 resolution there: no move), -0.0 vs 0.0, NaN
+    weight = torch.tensor([1.5, 1.25, -2.5, 0.1 + 1e-3, 3.0 + 1e-7, -0.0, float("nan")])
+    kept = weight.clone()
+    reset_below_threshold_([weight], [w0], tau=0.25)
+    expected = torch.tensor([1.5, 1.0, -2.5, 0.1, 3.0, 0.0, float("nan")])
+    assert torch.equal(weight[:6], expected[:6])
+    assert torch.equal(weight[[0, 2]].view(torch.int32), kept[[0, 2]].view(torch.int32))
+    assert torch.isnan(weight[6])  # a diverged entry is not hidden by resetting it
+
+
+@pytest.mark.parametrize("chunk", [None, 1000])
+def test_threshold_mode_invariant(tiny_model_name, monkeypatch, chunk):
+    if chunk:  # the reset over many chunks of the flat buffers, a short one last
+        monkeypatch.setattr(rst, "RESET_CHUNK", chunk)
     visual = visual_tower(tiny_model_name)
     tau = 1e-4
     sparsity = ResidualSparsity(visual, "threshold", threshold=tau)
@@ -54,7 +82,10 @@ def test_threshold_mode_invariant(tiny_model_name):
     assert sparsity.changed() == changed
 
 
-def test_ratio_mode_keeps_at_most_rho(tiny_model_name):
+@pytest.mark.parametrize("chunk", [None, 1000])
+def test_ratio_mode_keeps_at_most_rho(tiny_model_name, monkeypatch, chunk):
+    if chunk:
+        monkeypatch.setattr(rst, "RESET_CHUNK", chunk)
     visual = visual_tower(tiny_model_name)
     rho = 0.01
     sparsity = ResidualSparsity(visual, "ratio", ratio=rho)
@@ -70,6 +101,25 @@ def test_off_mode_changes_everything_it_trains(tiny_model_name):
     sparsity = ResidualSparsity(visual, "off")
     sgd_steps(visual, sparsity, steps=2, lr=1e-2)
     assert sparsity.changed() > 0.5 * sparsity.total
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_visual_weights_become_views_of_one_buffer(tiny_model_name, layout):
+    visual = visual_tower(tiny_model_name).to(memory_format=layout)
+    before = {name: (p.detach().clone(), p.stride()) for name, p in visual.named_parameters()}
+    sparsity = ResidualSparsity(visual, "threshold", threshold=1e-4)
+    buffer = sparsity.weights.untyped_storage().data_ptr()
+    for name, param in visual.named_parameters():
+        values, stride = before[name]
+        assert torch.equal(param, values) and param.stride() == stride, name  # layout kept
+        assert param.untyped_storage().data_ptr() == buffer, name
+    assert sparsity.total == sum(v.numel() for v, _ in before.values())
+    # The buffer is the weights: a change to it is a change to every parameter, w0 stays put.
+    with torch.no_grad():
+        sparsity.weights.add_(1.0)
+    for name, param, w0 in sparsity.named_pairs():
+        assert torch.equal(param, before[name][0] + 1.0) and torch.equal(w0, before[name][0])
+    assert sparsity.changed() == sparsity.total
 
 
 def test_stored_params_counts_nonzeros_plus_head():

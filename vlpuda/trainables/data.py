@@ -485,6 +485,10 @@ def _padded_window(image: np.ndarray, top: int, left: int, crop: int, pad: int) 
     return window
 
 
+# Float bytes of windows converted together by `cached_train_input`: about a core's L2 cache.
+CHUNK_BYTES = 1 << 20
+
+
 def cached_train_input(
     images: np.ndarray, index: np.ndarray, crop: int, pad: int, hflip: bool,
     generator: torch.Generator, mean: Sequence[float], std: Sequence[float],
@@ -495,22 +499,31 @@ def cached_train_input(
 
     On a CPU-only node the batch path is bound by memory bandwidth: it gathers whole images,
     stacks their windows and converts the stack, three passes over batches that do not fit in
-    the CPU's caches. Here each window is read from the (memory-mapped) array, converted and
-    normalised while it is still in cache, and written once into the float batch.
+    the CPU's caches. Here the windows are read from the (memory-mapped) array a few at a time,
+    as many as fill CHUNK_BYTES as floats (one 224 px window; dozens of small ones, which share
+    the per-operation overhead), converted and normalised while still in cache, and written once
+    into the float batch.
     """
     b, s = len(index), images.shape[1]
     draws = _crop_draws(b, s + 2 * pad, crop, hflip, generator)
     scale, shift = _scale_and_shift(tuple(mean), tuple(std), torch.device("cpu"))
     out = torch.empty((b, 3, crop, crop), memory_format=memory_format)
+    out_hwc = out.permute(0, 2, 3, 1)  # the layout of the windows, over out's memory
+    per_chunk = max(1, CHUNK_BYTES // (crop * crop * 3 * 4))
     with warnings.catch_warnings():
         # The arrays are read-only (a memory map, or Ray's object store); windows are only read.
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        for i, (image_index, (top, left, flip)) in enumerate(zip(index, draws)):
-            window = _padded_window(images[image_index], top, left, crop, pad)
-            if flip:
-                window = window.flip(1)
-            # (x / 255 - mean) / std as one multiply-add, written through an HWC view of out[i].
-            torch.addcmul(shift, window.float(), scale, out=out[i].permute(1, 2, 0))
+        for start in range(0, b, per_chunk):
+            windows = []
+            for image_index, (top, left, flip) in zip(index[start : start + per_chunk],
+                                                      draws[start : start + per_chunk]):
+                window = _padded_window(images[image_index], top, left, crop, pad)
+                windows.append(window.flip(1) if flip else window)
+            # One window (a large image) goes as is; several are stacked into one operation.
+            chunk, target = ((windows[0], out_hwc[start]) if len(windows) == 1 else
+                             (torch.stack(windows), out_hwc[start : start + len(windows)]))
+            # (x / 255 - mean) / std as one multiply-add per element, as model_input does.
+            torch.addcmul(shift, chunk.float(), scale, out=target)
     return out
 
 

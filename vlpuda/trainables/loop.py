@@ -235,9 +235,6 @@ class TaskRun:
         zs_scale = cfg.zs_scale if cfg.zs_scale is not None else assets.logit_scale
         self.student = Student(visual_tower(loaded), prototypes, zs_scale).to(device)
         del loaded  # the text tower is no longer referenced; its memory can go
-        self.sparsity = ResidualSparsity(
-            self.student.visual, cfg.rst_mode_effective, cfg.rst_threshold, cfg.rst_ratio
-        )
         head_lr = cfg.lr * cfg.lr_multiplier
         self.optimizer = torch.optim.SGD(
             [
@@ -258,6 +255,10 @@ class TaskRun:
             device.type == "cuda" and hasattr(self.student.visual, "attnpool"))
         if self.channels_last:
             self.student.to(memory_format=torch.channels_last)
+        # After the moves above: it gathers the visual weights into one buffer, and w0 with them.
+        self.sparsity = ResidualSparsity(
+            self.student.visual, cfg.rst_mode_effective, cfg.rst_threshold, cfg.rst_ratio
+        )
         self.model: torch.nn.Module = self.student
         if world > 1:
             self.model = DistributedDataParallel(
@@ -530,8 +531,9 @@ def evaluate_delta(cfg: TrainConfig, delta: DeltaArtifact, device: torch.device 
     student = Student(visual_tower(loaded), prototypes, zs_scale)
     reference = ResidualSparsity(student.visual)  # w0, to count what the delta changed
     apply_delta_(student.visual, delta)
+    changed = reference.changed()  # before the move: w0 stays where the model was built
     student.head.load_state_dict(delta.head_state)
     student.to(device)
     scores = evaluate(student, target, loaded.mean, loaded.std, device, cfg.eval_batch_size,
                       autocast_for(cfg, device))
-    return {**scores, "stored_params": stored_params(reference.changed(), student.head)}
+    return {**scores, "stored_params": stored_params(changed, student.head)}

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -33,41 +34,104 @@ RstMode = Literal["off", "threshold", "ratio"]
 DELTA_FORMAT = "vlpuda-delta/1"
 
 
+# Entries per reset operation: the reset's temporaries (a float difference and a bool mask) stay
+# at this size however large the tower, instead of one of each per whole tower.
+RESET_CHUNK = 1 << 24
+
+
 @torch.no_grad()
 def reset_below_threshold_(
-    params: list[torch.Tensor], reference: list[torch.Tensor], tau: float
+    params: Sequence[torch.Tensor], reference: Sequence[torch.Tensor], tau: float
 ) -> None:
-    """Set every entry with |w - w0| <= tau back to exactly w0, in place."""
+    """Set every entry with |w - w0| <= tau back to exactly w0, in place.
+
+    A blend w = lerp(w0, w, keep) with keep 1.0 or 0.0: torch.lerp returns its end points
+    exactly at those weights, and unlike torch.where it is vectorised on CPUs (several times
+    faster). A NaN entry stays NaN, so a diverged trial shows it rather than being reset.
+    """
     for weight, w0 in zip(params, reference):
-        keep = (weight - w0).abs_() > tau
-        torch.where(keep, weight, w0, out=weight)
+        keep = torch.sub(weight, w0).abs_()
+        torch.gt(keep, tau, out=keep)  # 1.0 where the entry moved more than tau, else 0.0
+        torch.lerp(w0, weight, keep, out=weight)
 
 
 @torch.no_grad()
-def ratio_cutoff(params: list[torch.Tensor], reference: list[torch.Tensor], ratio: float) -> float:
-    """The |w - w0| above which at most floor(ratio * N) entries lie (N = all visual entries).
+def kth_largest(values: torch.Tensor, k: int, by_topk: bool | None = None) -> torch.Tensor:
+    """The k-th largest entry of a flat tensor, found by selection rather than a full sort.
 
-    It is the (k+1)-th largest magnitude, found by selection (kthvalue), not a full sort: keeping
-    entries strictly above it keeps at most k of them, ties included, and never an unchanged one.
+    On CUDA by topk, which spreads one large slice over many thread blocks; kthvalue gives a
+    slice one block, and over a whole tower (one slice of ~10^8 entries) is slower there than
+    sorting it (pytorch/pytorch#75599). On a CPU kthvalue's quickselect is the cheaper one.
+    `by_topk` overrides the choice (tests run both ways on a CPU).
     """
-    magnitudes = torch.cat([(w - w0).abs_().flatten() for w, w0 in zip(params, reference)])
+    if by_topk if by_topk is not None else values.is_cuda:
+        return torch.topk(values, k, sorted=False).values.min()
+    return torch.kthvalue(values, values.numel() - k + 1).values
+
+
+@torch.no_grad()
+def ratio_cutoff(weights: torch.Tensor, weights0: torch.Tensor, ratio: float) -> float:
+    """The |w - w0| above which at most floor(ratio * N) of the N entries of the flat `weights`
+    lie.
+
+    It is the (k+1)-th largest magnitude: keeping entries strictly above it keeps at most k of
+    them, ties included, and never an unchanged one. Selection is exact, so the kept set is the
+    one a full sort would give: no approximation, no effect on accuracy.
+    """
+    magnitudes = (weights - weights0).abs_()
     total = magnitudes.numel()
     keep = int(ratio * total)
     if keep >= total:
         return 0.0
-    kth_largest = torch.kthvalue(magnitudes, total - keep).values
-    return max(float(kth_largest), 0.0)
+    return max(float(kth_largest(magnitudes, keep + 1)), 0.0)
 
 
 @torch.no_grad()
-def count_changed(params: list[torch.Tensor], reference: list[torch.Tensor]) -> int:
+def count_changed(params: Sequence[torch.Tensor], reference: Sequence[torch.Tensor]) -> int:
     """nnz(w - w0) over the given tensors."""
     return int(sum(int(torch.count_nonzero(w != w0)) for w, w0 in zip(params, reference)))
+
+
+def _keeps_layout(param: torch.Tensor) -> bool:
+    """Whether the parameter is dense in one of the layouts a flat buffer can hold as is."""
+    return param.is_contiguous() or (
+        param.dim() == 4 and param.is_contiguous(memory_format=torch.channels_last))
+
+
+@torch.no_grad()
+def share_one_buffer_(params: list[nn.Parameter]) -> torch.Tensor:
+    """Move the parameters' values into one flat buffer, each parameter becoming a view of its
+    own segment (channels_last stays channels_last), and return the buffer.
+
+    Optimizers, DDP and state dicts still see the same Parameter objects with the same values;
+    only where the values live changes, so whole-tower operations become a few operations on
+    the buffer instead of several per tensor (hundreds of kernel launches on a ViT-B).
+    """
+    dtypes, devices = {p.dtype for p in params}, {p.device for p in params}
+    if len(dtypes) > 1 or len(devices) > 1:
+        raise ValueError(f"RST needs the visual weights in one dtype on one device, got "
+                         f"{sorted(map(str, dtypes))} on {sorted(map(str, devices))}")
+    buffer = torch.empty(sum(p.numel() for p in params), dtype=params[0].dtype,
+                         device=params[0].device)
+    offset = 0
+    for param in params:
+        if _keeps_layout(param):
+            view = buffer.as_strided(param.shape, param.stride(), offset)
+        else:
+            view = buffer[offset : offset + param.numel()].view(param.shape)
+        view.copy_(param)
+        param.data = view
+        offset += param.numel()
+    return buffer
 
 
 class ResidualSparsity:
     """Keeps w0 of the visual tower (only that tower: the text tower is never trained) and applies
     the reset after each optimizer step.
+
+    The visual weights are moved into one flat buffer (`share_one_buffer_`), and w0 is a copy of
+    it: the reset runs over chunks of the two buffers. Build it after anything that re-creates
+    the weights (`.to(device)`, `.to(memory_format=...)`), which would undo the sharing.
 
     The SGD momentum buffers are left alone, as in the reference code: an entry sitting at w0 only
     escapes when a single step moves it past the threshold, so tau acts on the per-step update size
@@ -83,22 +147,28 @@ class ResidualSparsity:
         named = [(name, p) for name, p in visual.named_parameters()]
         self.names = [name for name, _ in named]
         self.params = [p for _, p in named]
-        self.reference = [p.detach().clone() for p in self.params]
+        self.weights = share_one_buffer_(self.params)
+        self.weights0 = self.weights.clone()
+        # Per tensor, w0 is the same segment of the copy, in the same layout.
+        self.reference = [self.weights0.as_strided(p.shape, p.stride(), p.storage_offset())
+                          for p in self.params]
+        self._chunks = self.weights.split(RESET_CHUNK)
+        self._chunks0 = self.weights0.split(RESET_CHUNK)
 
     @property
     def total(self) -> int:
-        return sum(p.numel() for p in self.params)
+        return self.weights.numel()
 
     def reset_(self) -> None:
         """Apply the mode's rule to every visual entry (no-op when RST is off)."""
         if self.mode == "threshold":
-            reset_below_threshold_(self.params, self.reference, self.threshold)
+            reset_below_threshold_(self._chunks, self._chunks0, self.threshold)
         elif self.mode == "ratio":
-            cutoff = ratio_cutoff(self.params, self.reference, self.ratio)
-            reset_below_threshold_(self.params, self.reference, cutoff)
+            cutoff = ratio_cutoff(self.weights, self.weights0, self.ratio)
+            reset_below_threshold_(self._chunks, self._chunks0, cutoff)
 
     def changed(self) -> int:
-        return count_changed(self.params, self.reference)
+        return count_changed(self._chunks, self._chunks0)
 
     def named_pairs(self) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
         return list(zip(self.names, self.params, self.reference))
