@@ -4,6 +4,7 @@ and `vlpuda evaluate` reproduces the run's accuracy from the delta alone."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -140,3 +141,20 @@ def test_resume_state_is_loaded_without_pickle(tiny_task, tmp_path):
     train(cfg, reporter=LocalReporter(cfg.out_dir, log=lambda _: None))
     state = torch.load(tmp_path / "r/checkpoint/state.pt", weights_only=True)
     assert state["iteration"] == 4 and state["epoch"] == 1
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                    reason="torch.compile's CPU backend needs a C++ compiler")
+def test_compiled_training_matches_eager(tiny_task, tmp_path):
+    """`compile: true` trains the same model: the compiled forward only fuses operations, so
+    losses agree to float rounding and RST keeps the same entries, within a few of the edge."""
+    _, data, model = tiny_task
+    results = {}
+    for compiled in (False, True):
+        cfg, _ = build_config({**tiny_train_overrides(data, model, tmp_path / f"c{compiled:d}"),
+                               "rst": True, "rst_threshold": 1e-4, "compile": compiled})
+        results[compiled] = train(cfg, reporter=LocalReporter(cfg.out_dir, log=lambda _: None))
+    eager, compiled = results[False], results[True]
+    assert compiled["iteration"] == eager["iteration"] == 8
+    assert compiled["loss"] == pytest.approx(eager["loss"], rel=1e-4)
+    assert compiled["stored_params"] == pytest.approx(eager["stored_params"], rel=1e-3)
