@@ -156,7 +156,7 @@ def synthetic_study(storage: str) -> optuna.Study:
 
 def test_front_is_optunas_best_trials_with_hypervolume(tmp_path):
     study = synthetic_study(f"sqlite:///{tmp_path}/s.db")
-    front = front_of(study)
+    front = front_of(study.get_trials(deepcopy=False))
     assert sorted(front.numbers) == sorted(t.number for t in study.best_trials)
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert front.reference == (0.0, 1.1 * max(t.values[1] for t in complete))

@@ -25,7 +25,8 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     manifest = read_manifest(args.run_dir)
     study = load_study(manifest)
-    print(format_front(front_of(study), title=f"Pareto front of {manifest['name']}"))
+    front = front_of(study.get_trials(deepcopy=False))
+    print(format_front(front, title=f"Pareto front of {manifest['name']}"))
     if args.all:
         print("\nall trials:")
         print(trial_table(study))

@@ -508,7 +508,7 @@ def finish(plan: SearchPlan, experiment: str, results, log: Log = _log,
         leftovers = fail_running_trials(study, experiment)
         if leftovers:
             log(f"{len(leftovers)} orphaned study trial(s) marked FAIL: {leftovers}")
-    front = front_of(study)
+    front = front_of(study.get_trials(deepcopy=False))
     log(format_front(front))
     paths = write_front(front, plan.run_dir)
     log(f"front written to {', '.join(str(p) for p in paths)}; "

@@ -46,13 +46,12 @@ def complete_trials(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     return [t for t in trials if t.state == TrialState.COMPLETE and t.values is not None]
 
 
-def front_of(study: optuna.Study) -> Front:
-    """The Pareto front of the study's COMPLETE trials and its hypervolume.
+def front_of(trials: list[FrozenTrial]) -> Front:
+    """The Pareto front of a study's COMPLETE trials (`study.get_trials()`) and its hypervolume.
 
     The hypervolume's reference point is taken from all complete trials (pareto.default_reference:
     accuracy 0, 1.1 x the largest stored count), so it grows only when the front improves.
     """
-    trials = study.get_trials(deepcopy=False)
     states = Counter(t.state.name for t in trials)
     complete = complete_trials(trials)
     if not complete:

@@ -69,9 +69,9 @@ def _millis(trial: FrozenTrial) -> int:
     return int(when.timestamp() * 1000) if when else 0
 
 
-def finished_in_order(study: optuna.Study) -> list[FrozenTrial]:
-    """The study's finished trials in the order they finished."""
-    done = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+def finished_in_order(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """A study's finished trials in the order they finished."""
+    done = [t for t in trials if t.state.is_finished()]
     return sorted(done, key=lambda t: (_millis(t), t.number))
 
 
@@ -171,11 +171,11 @@ def _points(trials: list[FrozenTrial], values: np.ndarray, mask: np.ndarray
             for t, v, m in zip(trials, values, mask)]
 
 
-def _tag_children(recorder: Recorder, study: optuna.Study, complete: list[FrozenTrial],
+def _tag_children(recorder: Recorder, trials: list[FrozenTrial], complete: list[FrozenTrial],
                   ranks: np.ndarray, children: dict[str, Run]) -> None:
     rank_of = {t.number: int(r) for t, r in zip(complete, ranks)}
     # In number order, so a rerun (a later study trial for the same Tune trial) has the last word.
-    for trial in study.get_trials(deepcopy=False):
+    for trial in trials:
         run = children.get(str(trial.user_attrs.get(TUNE_TRIAL_ID)))
         if run is None or not trial.state.is_finished():
             continue
@@ -192,9 +192,10 @@ def log_search_front(recorder: Recorder, study: optuna.Study,
                      tune_trials: dict[str, TuneTrial]) -> FrontSummary:
     """Write the study's front, hypervolume history and pareto tags (see module docstring)."""
     info, client = recorder.info, recorder.client
-    front = front_of(study)
-    finished = finished_in_order(study)
-    complete = complete_trials(study.get_trials(deepcopy=False))
+    trials = study.get_trials(deepcopy=False)  # read once: an RDB storage reads it each time
+    front = front_of(trials)
+    finished = finished_in_order(trials)
+    complete = complete_trials(trials)
     children = study_children(recorder)
     artifacts: list[str] = []
 
@@ -226,7 +227,7 @@ def log_search_front(recorder: Recorder, study: optuna.Study,
     if len(info.tasks) > 1:
         metrics += _task_fronts(recorder, complete, tune_trials, children, finished, artifacts)
     recorder.log_metrics(parent, metrics)
-    _tag_children(recorder, study, complete, ranks, children)
+    _tag_children(recorder, trials, complete, ranks, children)
     return FrontSummary(len(front.trials), len(complete), len(finished), front.hypervolume,
                         artifacts)
 
