@@ -488,6 +488,12 @@ def _padded_window(image: np.ndarray, top: int, left: int, crop: int, pad: int) 
 # Float bytes of windows converted together by `cached_train_input`: about a core's L2 cache.
 CHUNK_BYTES = 1 << 20
 
+# `_padded_window` wraps windows of read-only arrays (a memory map, Ray's object store) without a
+# copy, and they are only ever read: torch's warning about writing to them does not apply. Set
+# once here, for this module only (a per-call warnings.catch_warnings is not thread-safe).
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable",
+                        category=UserWarning, module=__name__)
+
 
 def cached_train_input(
     images: np.ndarray, index: np.ndarray, crop: int, pad: int, hflip: bool,
@@ -510,20 +516,17 @@ def cached_train_input(
     out = torch.empty((b, 3, crop, crop), memory_format=memory_format)
     out_hwc = out.permute(0, 2, 3, 1)  # the layout of the windows, over out's memory
     per_chunk = max(1, CHUNK_BYTES // (crop * crop * 3 * 4))
-    with warnings.catch_warnings():
-        # The arrays are read-only (a memory map, or Ray's object store); windows are only read.
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        for start in range(0, b, per_chunk):
-            windows = []
-            for image_index, (top, left, flip) in zip(index[start : start + per_chunk],
-                                                      draws[start : start + per_chunk]):
-                window = _padded_window(images[image_index], top, left, crop, pad)
-                windows.append(window.flip(1) if flip else window)
-            # One window (a large image) goes as is; several are stacked into one operation.
-            chunk, target = ((windows[0], out_hwc[start]) if len(windows) == 1 else
-                             (torch.stack(windows), out_hwc[start : start + len(windows)]))
-            # (x / 255 - mean) / std as one multiply-add per element, as model_input does.
-            torch.addcmul(shift, chunk.float(), scale, out=target)
+    for start in range(0, b, per_chunk):
+        windows = []
+        for image_index, (top, left, flip) in zip(index[start : start + per_chunk],
+                                                  draws[start : start + per_chunk]):
+            window = _padded_window(images[image_index], top, left, crop, pad)
+            windows.append(window.flip(1) if flip else window)
+        # One window (a large image) goes as is; several are stacked into one operation.
+        chunk, target = ((windows[0], out_hwc[start]) if len(windows) == 1 else
+                         (torch.stack(windows), out_hwc[start : start + len(windows)]))
+        # (x / 255 - mean) / std as one multiply-add per element, as model_input does.
+        torch.addcmul(shift, chunk.float(), scale, out=target)
     return out
 
 
