@@ -71,12 +71,15 @@ def test_killed_search_resumes_and_accounts_for_every_trial(ray_session, tiny_as
     assert len(trials) == NUM_SAMPLES
     for trial in trials.values():
         assert (trial.status, trial.last_result["epoch"]) == ("TERMINATED", EPOCHS)
-    # Interrupted trials continued from their checkpoints: no epoch is trained twice. (A trial
-    # that had finished after Tune's last snapshot reports its final result once more.)
+    # Interrupted trials continued from their checkpoints: no epoch is trained twice, so each
+    # trial's reported epochs rise strictly to the last. (A trial that had finished after Tune's
+    # last snapshot reports its final result once more. An epoch whose checkpoint Train saved
+    # just before the kill, but whose report never reached Tune, is a gap: [1, 3]; the trial
+    # resumes after it, from that checkpoint.)
     for trial_id, epochs in tune_epochs(run_dir).items():
         if epochs[-2:] == [EPOCHS, EPOCHS]:
             epochs = epochs[:-1]
-        assert epochs == list(range(1, EPOCHS + 1)), (trial_id, epochs)
+        assert epochs == sorted(set(epochs)) and epochs[-1] == EPOCHS, (trial_id, epochs)
     # Each planned Tune trial is exactly one finished study trial; anything else in the study is
     # a trial the crashed driver had asked for but Tune never recorded, now marked FAIL.
     by_tune_id = {}
