@@ -129,8 +129,7 @@ def test_budget_stopper():
 
 def test_dense_space_gives_a_valid_dense_trainer_config():
     dense = build_space("cmkd")
-    params = {name: d.low if hasattr(d, "low") else d.choices[0]
-              for name, d in dense.optuna_distributions().items()}
+    params = dense.lowest_point()
     config = dense(optuna.trial.FixedTrial(params))
     cfg, _ = build_config({})
     applied = apply_params(cfg.model_copy(update={"rst": True}), config)
@@ -143,8 +142,8 @@ def synthetic_study(storage: str) -> optuna.Study:
     study = optuna.create_study(study_name="synthetic", storage=storage, directions=DIRECTIONS)
     rng = np.random.default_rng(0)
     dist = SPACE.optuna_distributions()
+    params = SPACE.lowest_point()
     for i in range(40):
-        params = {name: d.low if hasattr(d, "low") else d.choices[0] for name, d in dist.items()}
         state = [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL][i % 5 % 3]
         values = [float(rng.uniform(50, 95)), float(rng.integers(1e3, 1e6))]
         study.add_trial(optuna.trial.create_trial(

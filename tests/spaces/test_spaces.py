@@ -151,6 +151,17 @@ def test_bounds_override_narrows_and_keeps_the_log_flag() -> None:
         assert trial.distributions["lambda1"] == FloatDistribution(0.02, 0.3, log=False)
 
 
+def test_lowest_point_takes_each_lower_bound_and_first_choice() -> None:
+    space = build_space("cmkd", {"lr": {"low": 1e-7, "high": 1e-6},
+                                 "lr_multiplier": [10000, 1000], "lambda1": 0.1})
+    point = space.lowest_point()
+    assert point["lr"] == 1e-7  # a range's lower bound
+    assert point["lr_multiplier"] == 10000  # a list's first choice, not its smallest
+    assert "lambda1" not in point  # fixed: not searched
+    assert set(point) == {d.name for d in space.searched}
+    assert all(space.dimension(name).contains(value) for name, value in point.items())
+
+
 def test_a_list_override_searches_those_choices() -> None:
     space = build_space("cmkd", {"lr_multiplier": [1000, 10000]})
     study = two_objective_study()

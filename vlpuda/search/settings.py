@@ -280,10 +280,7 @@ def _trial_config_problems(tasks: list[TrainConfig], space: SearchSpace,
     from vlpuda.trainables.params import apply_params
 
     # Dimensions without a default take their lower bound (or first choice) for this check.
-    params: dict[str, Any] = {
-        d.name: d.choices[0] if d.kind == "categorical" else int(d.low) if d.kind == "int"
-        else d.low for d in space.searched}
-    params.update(point)
+    params = {**space.lowest_point(), **point}
     config = space(optuna.trial.FixedTrial(params))
     problems = []
     for task in tasks:

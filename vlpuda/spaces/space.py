@@ -343,6 +343,12 @@ class SearchSpace:
         objectives)."""
         return {d.name: d.distribution() for d in self.searched}
 
+    def lowest_point(self) -> dict[str, Any]:
+        """Every searched dimension at its lower bound (a categorical one at its first choice):
+        a point any trial could be given, for checks that need one."""
+        return {d.name: d.choices[0] if d.kind == "categorical" else
+                int(d.low) if d.kind == "int" else d.low for d in self.searched}
+
     def defaults_point(
         self, defaults: Mapping[str, Any], source: str | None = None
     ) -> dict[str, Any]:
