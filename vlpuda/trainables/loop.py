@@ -293,11 +293,11 @@ class TaskRun:
         uint8 batch (`images` when the caller already gathered it) is moved there first and
         cropped and normalised as a batch. Both draw the same views from the generator."""
         cfg = self.cfg
-        if self.device.type == "cpu" and images is None:
-            return cached_train_input(domain.train_images, index, cfg.image_size, cfg.pad,
-                                      cfg.hflip, self.generator, self.assets.mean,
-                                      self.assets.std, self._layout)
         if images is None:
+            if self.device.type == "cpu":
+                return cached_train_input(domain.train_images, index, cfg.image_size, cfg.pad,
+                                          cfg.hflip, self.generator, self.assets.mean,
+                                          self.assets.std, self._layout)
             images = self._images(domain, index)
         return self._input(train_views(images, cfg.image_size, cfg.pad, cfg.hflip,
                                        self.generator))
