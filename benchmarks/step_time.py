@@ -118,6 +118,18 @@ def synthetic_assets(num_classes: int, dim: int, size: int, n: int = 256) -> Tas
                       (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 100.0)
 
 
+def synthetic_trainer(model_name: str, size: int, batch: int, iters: int, precision: str,
+                      dim: int, device: torch.device, num_classes: int = 65) -> TaskRun:
+    """vlpuda's trainer (CMKD + RST at tau 1e-6, batch `batch` + `batch`) on synthetic images,
+    random-init weights; `train_epoch` runs `iters` iterations."""
+    cfg, _ = build_config({
+        "model": model_name, "pretrained": None, "train_resize": size, "image_size": size,
+        "batch_size": batch, "target_batch_size": batch, "iters_per_epoch": iters, "epochs": 1,
+        "rst": True, "rst_threshold": 1e-6, "precision": precision, "device": device.type,
+    })
+    return TaskRun(cfg, synthetic_assets(num_classes, dim, size), device)
+
+
 def bare_step_fn(model_name: str, size: int, batch: int, num_classes: int, device):
     visual = open_clip.create_model(model_name).visual.to(device).train()
     images = torch.randn(2 * batch, 3, size, size, device=device)
@@ -144,12 +156,7 @@ def measure(model_name: str, size: int, batch: int, repeats: int, device, precis
     bare_memory = peak_memory(bare, device)
     # The bare loop's model and optimiser stay allocated: not counted in the trainer's peak.
     resident = torch.cuda.memory_allocated() if device.type == "cuda" else 0
-    cfg, _ = build_config({
-        "model": model_name, "pretrained": None, "train_resize": size, "image_size": size,
-        "batch_size": batch, "target_batch_size": batch, "iters_per_epoch": 1, "epochs": 1,
-        "rst": True, "rst_threshold": 1e-6, "precision": precision, "device": device.type,
-    })
-    run = TaskRun(cfg, synthetic_assets(num_classes, dim, size), device)
+    run = synthetic_trainer(model_name, size, batch, 1, precision, dim, device, num_classes)
     bare_seconds, trainer_seconds, reset_seconds = timed_alternating(
         [bare, run.train_epoch, run.sparsity.reset_], repeats, device)
     trainer_memory = peak_memory(run.train_epoch, device) - resident

@@ -37,21 +37,15 @@ def trial_process(model: str, size: int, batch: int, steps: int, device: str, pr
     import open_clip
     import torch
 
-    from step_time import TINY_CONFIGS, synthetic_assets
-    from vlpuda.config import build_config
-    from vlpuda.trainables.loop import TaskRun
+    from step_time import TINY_CONFIGS, synthetic_trainer
 
     torch.set_num_threads(threads)
     for config in TINY_CONFIGS.glob("*.json"):
         open_clip.add_model_config(config)
     dim = open_clip.create_model(model).visual.output_dim
-    cfg, _ = build_config({
-        "model": model, "pretrained": None, "train_resize": size, "image_size": size,
-        "batch_size": batch, "target_batch_size": batch, "iters_per_epoch": steps, "epochs": 1,
-        "rst": True, "rst_threshold": 1e-6, "precision": precision, "device": device,
-    })
     torch_device = torch.device(device)
-    run = TaskRun(cfg, synthetic_assets(65, dim, size), torch_device)
+    run = synthetic_trainer(model, size, batch, steps, precision, dim, torch_device)
+    cfg = run.cfg
     run.cfg = cfg.model_copy(update={"iters_per_epoch": 3})
     run.train_epoch()  # warm-up: allocator, kernels, first-touch page faults
     run.cfg = cfg
