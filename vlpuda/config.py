@@ -41,6 +41,7 @@ class TrainConfig(BaseModel):
     pad: int = Field(0, ge=0)  # zero padding before the random crop (digits: small shifts)
     hflip: bool = True
     image_cache_dir: str | None = None  # decoded-image cache; default: the vlpuda cache dir
+    pda: bool = False  # partial-set: the target's classes are a subset of the source's (by name)
 
     # model
     model: str = "ViT-B-16"
@@ -85,6 +86,10 @@ class TrainConfig(BaseModel):
     fixmatch: bool = False
     fixmatch_threshold: float = Field(0.95, gt=0, lt=1)
     fixmatch_factor: float = Field(0.5, ge=0)
+
+    # The accuracy a run reports as target_acc and keeps its best epoch by: overall accuracy, or
+    # the mean of per-class accuracies (VisDA's metric).
+    selection: Literal["target_acc", "target_acc_class_mean"] = "target_acc"
 
     out_dir: str = "runs/train"
 

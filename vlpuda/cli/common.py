@@ -61,6 +61,7 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     add("--fixmatch", action="store_true", help="add FixMatch on both heads")
     add("--fixmatch-threshold", type=float)
     add("--fixmatch-factor", type=float)
+    add("--pda", action="store_true", help="partial-set: the target holds a subset of the source's classes")
     add("--epochs", type=int)
     add("--iters-per-epoch", type=int)
     add("--batch-size", type=int)
@@ -85,6 +86,8 @@ def collect_overrides(args: argparse.Namespace) -> dict[str, Any]:
         overrides.update(rst=True, rst_mode="ratio", rst_ratio=args.rst_ratio)
     if getattr(args, "fixmatch", False):
         overrides["fixmatch"] = True
+    if getattr(args, "pda", False):
+        overrides["pda"] = True
     overrides.update(parse_overrides(args.overrides))
     return overrides
 

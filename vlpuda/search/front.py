@@ -75,6 +75,7 @@ def front_rows(front: Front) -> list[dict[str, Any]]:
             METRICS[0]: t.values[0],
             METRICS[1]: int(t.values[1]),
             "target_acc_last": t.user_attrs.get("target_acc_last"),
+            "target_acc_class_mean": t.user_attrs.get("target_acc_class_mean"),
             **{name: t.params.get(name) for name in front.param_names},
             TUNE_TRIAL_ID: t.user_attrs.get(TUNE_TRIAL_ID),
             "checkpoint_path": t.user_attrs.get("checkpoint_path"),
@@ -110,12 +111,13 @@ def format_front(front: Front, title: str = "Pareto front") -> str:
     if not front.trials:
         lines.append("  no complete trial yet: nothing to show")
         return "\n".join(lines)
-    columns = ["trial", *METRICS, "target_acc_last", *front.param_names]
+    columns = ["trial", *METRICS, "target_acc_last", "target_acc_class_mean", *front.param_names]
     lines += ["  " + line for line in format_table(front_rows(front), columns)]
     ref = front.reference or (0.0, 0.0)
     lines.append(f"  hypervolume {front.hypervolume:.6g} (reference: target_acc {ref[0]:g}, "
                  f"stored_params {ref[1]:,.0f}); target_acc is the best epoch's accuracy "
-                 "(oracle selection), target_acc_last the last epoch's")
+                 "(oracle selection), target_acc_last the last epoch's, target_acc_class_mean "
+                 "the last epoch's mean of per-class accuracies")
     return "\n".join(lines)
 
 

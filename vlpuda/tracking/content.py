@@ -42,8 +42,8 @@ HYPERVOLUME = "hypervolume"
 
 # The training loop's per-epoch metrics worth a chart (loop.py's docstring is the contract).
 RESULT_METRICS = frozenset({
-    "target_acc", "target_acc_last", "target_acc_clip", "stored_params", "delta_bytes",
-    "changed_params", "changed_fraction", "best_epoch", "epoch", "loss", "lr",
+    "target_acc", "target_acc_last", "target_acc_class_mean", "target_acc_clip", "stored_params",
+    "delta_bytes", "changed_params", "changed_fraction", "best_epoch", "epoch", "loss", "lr",
     "seconds_per_iteration", "peak_gpu_memory_gib",
 })
 PROXY_PREFIX = "proxy_"

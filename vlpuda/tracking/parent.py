@@ -154,8 +154,8 @@ def _write_front(recorder: Recorder, folder: str, rows: list[dict[str, Any]],
 
 
 def _front_columns(front: Front) -> list[str]:
-    return ["trial", *METRICS, "target_acc_last", *front.param_names, TUNE_TRIAL_ID,
-            RUN_ID_COLUMN, "checkpoint_path"]
+    return ["trial", *METRICS, "target_acc_last", "target_acc_class_mean", *front.param_names,
+            TUNE_TRIAL_ID, RUN_ID_COLUMN, "checkpoint_path"]
 
 
 def _title(recorder: Recorder, task: str | None, complete: int, size: int) -> str:
@@ -275,10 +275,12 @@ def _task_fronts(recorder: Recorder, complete: list[FrozenTrial],
             rows.append({"trial": trial.number, "target_acc": final[f"{task}/target_acc"],
                          "stored_params": int(final[f"{task}/stored_params"]),
                          "target_acc_last": final.get(f"{task}/target_acc_last"),
+                         "target_acc_class_mean": final.get(f"{task}/target_acc_class_mean"),
                          **{n: trial.params.get(n) for n in names}, TUNE_TRIAL_ID: tune_id,
                          RUN_ID_COLUMN: _run_id(children, tune_id)})
         rows.sort(key=lambda r: (-r["target_acc"], r["stored_params"]))
-        columns = ["trial", *METRICS, "target_acc_last", *names, TUNE_TRIAL_ID, RUN_ID_COLUMN]
+        columns = ["trial", *METRICS, "target_acc_last", "target_acc_class_mean", *names,
+                   TUNE_TRIAL_ID, RUN_ID_COLUMN]
         artifacts += _write_front(recorder, f"{FRONT_DIR}/{task}", rows, columns,
                                   _points(trials, values, ranks == 0),
                                   _title(recorder, task, len(trials), len(rows)),

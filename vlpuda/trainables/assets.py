@@ -14,12 +14,12 @@ import numpy as np
 from vlpuda.config import DEMO_MODEL, TrainConfig
 from vlpuda.trainables.data import (
     DecodedDomain,
-    check_same_classes,
     decode_domain,
     list_imagefolder,
     read_image_list,
 )
 from vlpuda.trainables.models import LoadedClip, load_clip, text_prototypes
+from vlpuda.trainables.partial import align_target
 
 
 @dataclass
@@ -73,11 +73,12 @@ def load_domain(cfg: TrainConfig, domain: str) -> DecodedDomain:
 
 
 def build_task_assets(cfg: TrainConfig, loaded: LoadedClip | None = None) -> TaskAssets:
-    """Decode both domains, check their classes agree, and compute the text prototypes."""
+    """Decode both domains, check their classes agree (target within source with pda), and
+    compute the text prototypes over the source's classes."""
     assert cfg.src is not None and cfg.tgt is not None
     source = load_domain(cfg, cfg.src)
     target = load_domain(cfg, cfg.tgt)
-    check_same_classes(source.name, source.classes, target.name, target.classes)
+    target = align_target(cfg.pda, source.name, source.classes, target)
     if loaded is None:
         loaded = load_clip(cfg.model, cfg.pretrained, cfg.cache_dir)
     # Prompts are built from the dataset's own class order, so the zero-shot head and the labels

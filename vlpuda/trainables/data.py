@@ -530,36 +530,6 @@ def cached_train_input(
     return out
 
 
-@functools.lru_cache(maxsize=1)
-def _strong_ops() -> torch.nn.Module:
-    from torchvision.transforms import v2
-
-    return v2.Compose(
-        [v2.ColorJitter(0.4, 0.4, 0.4, 0.0), v2.RandAugment(num_ops=2, magnitude=10)]
-    )
-
-
-def strong_views(images: torch.Tensor, crop: int, generator: torch.Generator) -> torch.Tensor:
-    """FixMatch strong view: center crop, flip, ColorJitter + RandAugment per sample;
-    uint8 (B, S, S, 3) -> uint8 (B, crop, crop, 3)."""
-    b, s = images.shape[0], images.shape[1]
-    if crop > s:
-        raise ValueError(f"crop {crop} exceeds the image size {s}")
-    top = int(round((s - crop) / 2.0))  # torchvision CenterCrop's rounding
-    chw = images[:, top : top + crop, top : top + crop].permute(0, 3, 1, 2)
-    flips = (torch.rand(b, generator=generator) < 0.5).to(images.device)
-    chw = torch.where(flips[:, None, None, None], chw.flip(-1), chw)
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-    ops = _strong_ops()
-    # torchvision draws its op choices and magnitudes from the global CPU RNG: fork it and seed
-    # it from our generator, so the views depend on the generator alone and the caller's global
-    # RNG stream is left untouched. Per sample, because one call shares its draws over a batch.
-    with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(seed)
-        out = torch.stack([ops(chw[i].contiguous()) for i in range(b)])
-    return out.permute(0, 2, 3, 1)
-
-
 @functools.lru_cache(maxsize=8)
 def _scale_and_shift(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
                      ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,8 +5,12 @@ and report. The same function runs in a plain process (`vlpuda train`) and as a 
 (`trial.py`); the only difference is the Reporter it is given and whether torch.distributed is up.
 
 Metrics (a contract across Tune, Optuna, MLflow and the CLI; accuracies in percent):
-  target_acc       best target accuracy so far: the paper's oracle selection (uses target labels)
+  target_acc       best target accuracy so far: the paper's oracle selection (uses target labels);
+                   the accuracy `selection` names: overall (target_acc) or class mean
+                   (target_acc_class_mean, VisDA's), and best_epoch is the epoch it picked
   target_acc_last  target accuracy of the current (last) iterate
+  target_acc_class_mean  mean of the per-class accuracies of the current iterate, over the
+                   classes the target holds (metrics.py)
   target_acc_clip  the zero-shot CLIP head on the current encoder
   proxy_im         label-free: H(mean p) - mean H(p) on the target (higher: confident and diverse)
   proxy_clip_agreement  label-free: % of target images where task head and CLIP head agree
@@ -37,13 +41,14 @@ from vlpuda.trainables.data import (
     DecodedDomain,
     InfiniteSampler,
     cached_train_input,
-    check_same_classes,
     model_input,
-    strong_views,
     train_views,
 )
 from vlpuda.trainables.losses import LossWeights, cmkd_terms, fixmatch_term, ramp
+from vlpuda.trainables.metrics import class_mean_accuracy, per_class_counts
+from vlpuda.trainables.partial import align_target
 from vlpuda.trainables.models import Student, load_clip, text_prototypes, visual_tower
+from vlpuda.trainables.strong_view import StrongViewPrefetcher, fill_colour
 from vlpuda.trainables.rst import (
     DeltaArtifact,
     ResidualSparsity,
@@ -99,7 +104,8 @@ class LocalReporter:
 def format_metrics(m: dict[str, Any]) -> str:
     return (
         f"epoch {m['epoch']:>3} it {m['iteration']:>6} | loss {m['loss']:.4f} | "
-        f"target acc last {m['target_acc_last']:.2f} best(oracle) {m['target_acc']:.2f} "
+        f"target acc last {m['target_acc_last']:.2f} class-mean {m['target_acc_class_mean']:.2f} "
+        f"best(oracle) {m['target_acc']:.2f} "
         f"clip {m['target_acc_clip']:.2f} | agree {m['proxy_clip_agreement']:.1f} "
         f"im {m['proxy_im']:.3f} | stored {m['stored_params']:,} ({m['delta_bytes']:,} B) | "
         f"{m['seconds_per_iteration'] * 1000:.0f} ms/it"
@@ -144,8 +150,9 @@ def evaluate(
     student.eval()
     indices = np.arange(rank, len(domain), world)
     num_classes = student.prototypes.shape[0]
-    # correct_task, correct_clip, agree, count, sum_entropy, then sum of p per class
-    sums = torch.zeros(5 + num_classes, dtype=torch.float64, device=device)
+    # correct_task, correct_clip, agree, count, sum_entropy, then sum of p per class, then the
+    # task head's correct and count per true class
+    sums = torch.zeros(5 + 3 * num_classes, dtype=torch.float64, device=device)
     for start in range(0, len(indices), batch_size):
         chunk = indices[start : start + batch_size]
         images = torch.from_numpy(np.asarray(domain.test_images[chunk])).to(device)
@@ -161,15 +168,20 @@ def evaluate(
         sums[2] += (task_pred == clip_pred).sum()
         sums[3] += len(chunk)
         sums[4] += entropy.sum()
-        sums[5:] += probs.sum(dim=0).double()
+        sums[5 : 5 + num_classes] += probs.sum(dim=0).double()
+        correct, per_class = per_class_counts(task_pred, labels, num_classes)
+        sums[5 + num_classes : 5 + 2 * num_classes] += correct
+        sums[5 + 2 * num_classes :] += per_class
     if world > 1:
         dist.all_reduce(sums)
     student.train(was_training)
     count = sums[3].item()
-    mean_probs = sums[5:] / count
+    mean_probs = sums[5 : 5 + num_classes] / count
     marginal_entropy = -(mean_probs * mean_probs.clamp_min(1e-12).log()).sum().item()
     return {
         "target_acc_last": 100.0 * sums[0].item() / count,
+        "target_acc_class_mean": class_mean_accuracy(sums[5 + num_classes : 5 + 2 * num_classes],
+                                                     sums[5 + 2 * num_classes :]),
         "target_acc_clip": 100.0 * sums[1].item() / count,
         "proxy_clip_agreement": 100.0 * sums[2].item() / count,
         "proxy_im": marginal_entropy - sums[4].item() / count,
@@ -273,6 +285,11 @@ class TaskRun:
             len(assets.target), cfg.target_batch_size, cfg.seed + 1, self.rank, world
         )
         self.generator = torch.Generator().manual_seed(cfg.seed * 1009 + self.rank)
+        # FixMatch: the target batches and their strong views come one step ahead, off this
+        # thread (PIL, per image on the CPU); their randomness is a function of the step alone.
+        self.strong = StrongViewPrefetcher(
+            self.tgt_sampler, assets.target.train_images, cfg.image_size,
+            fill_colour(assets.mean), cfg.seed, self.rank) if cfg.fixmatch else None
         self.weights = LossWeights(cfg.lambda1, cfg.lambda2, cfg.lambda3, cfg.label_smoothing)
         self.iteration, self.epoch, self.best_acc, self.best_epoch = 0, 0, -1.0, 0
         self.scratch = Path(tempfile.mkdtemp(prefix="vlpuda-run-"))
@@ -332,22 +349,21 @@ class TaskRun:
         cfg, assets = self.cfg, self.assets
         self.model.train()  # Student.train keeps the encoder's BatchNorm statistics frozen
         loss_sum, started = torch.zeros((), device=self.device), time.perf_counter()
-        for _ in range(cfg.iters_per_epoch):
+        for step in range(cfg.iters_per_epoch):
             decay = inverse_decay(self.iteration, cfg.lr_gamma, cfg.lr_decay)
             for group in self.optimizer.param_groups:
                 group["lr"] = group["lr_base"] * decay
             src_index = self.src_sampler.next_batch()
             src_labels = torch.from_numpy(assets.source.labels[src_index]).to(self.device)
             batches = [self._weak_view(assets.source, src_index)]
-            if not cfg.baseline:
-                tgt_index = self.tgt_sampler.next_batch()
-                if cfg.fixmatch:  # weak and strong views of the same gathered target images
-                    tgt_images = self._images(assets.target, tgt_index)
-                    batches.append(self._weak_view(assets.target, tgt_index, tgt_images))
-                    strong = strong_views(tgt_images, cfg.image_size, self.generator)
-                    batches.append(self._input(strong))
-                else:
-                    batches.append(self._weak_view(assets.target, tgt_index))
+            if self.strong is not None:  # weak and strong views of the same target images
+                tgt_index, strong = self.strong.next(self.iteration,
+                                                     ahead=step + 1 < cfg.iters_per_epoch)
+                tgt_images = self._images(assets.target, tgt_index)
+                batches.append(self._weak_view(assets.target, tgt_index, tgt_images))
+                batches.append(self._input(strong.to(self.device)))
+            elif not cfg.baseline:
+                batches.append(self._weak_view(assets.target, self.tgt_sampler.next_batch()))
 
             # One forward call for all views: DDP expects one forward per backward, and the
             # head's BatchNorm still sees each domain separately inside it.
@@ -378,9 +394,12 @@ class TaskRun:
     def evaluate(self) -> dict[str, Any]:
         scores = evaluate(self.student, self.assets.target, self.assets.mean, self.assets.std,
                           self.device, self.cfg.eval_batch_size, self.autocast, self._layout)
-        self.is_best = scores["target_acc_last"] > self.best_acc
+        # The accuracy the run reports and keeps its best epoch by (`selection`).
+        selected = scores["target_acc_last" if self.cfg.selection == "target_acc"
+                          else self.cfg.selection]
+        self.is_best = selected > self.best_acc
         if self.is_best:
-            self.best_acc, self.best_epoch = scores["target_acc_last"], self.epoch
+            self.best_acc, self.best_epoch = selected, self.epoch
         changed = self.sparsity.changed()
         return {
             "target_acc": self.best_acc,
@@ -437,6 +456,8 @@ class TaskRun:
         shutil.copy(kept if kept.exists() else directory / DELTA_FILE, self.best_delta)
 
     def close(self) -> None:
+        if self.strong is not None:
+            self.strong.close()
         shutil.rmtree(self.scratch, ignore_errors=True)
 
 
@@ -525,7 +546,7 @@ def evaluate_delta(cfg: TrainConfig, delta: DeltaArtifact, device: torch.device 
     loaded = load_clip(cfg.model, cfg.pretrained, cfg.cache_dir)
     assert cfg.tgt is not None
     target = load_domain(cfg, cfg.tgt)
-    check_same_classes("the delta", delta.classes, target.name, target.classes)
+    target = align_target(cfg.pda, "the delta", delta.classes, target)
     prototypes = text_prototypes(loaded, delta.classes, cfg.prompt_template)
     zs_scale = cfg.zs_scale if cfg.zs_scale is not None else loaded.logit_scale
     student = Student(visual_tower(loaded), prototypes, zs_scale)
