@@ -46,3 +46,16 @@ def test_evaluate_reports_the_class_mean_of_its_own_predictions() -> None:
     per_class = [np.mean(pred[labels == c] == c) for c in (0, 1, 3)]
     assert scores["target_acc_class_mean"] == pytest.approx(100 * np.mean(per_class))
     assert scores["target_acc_last"] == pytest.approx(100 * np.mean(pred == labels))
+
+
+def test_visda_preset_reports_and_selects_the_class_mean() -> None:
+    from pathlib import Path
+
+    from vlpuda.config import load_config
+
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    assert load_config(configs / "visda.yaml")[0].selection == "target_acc_class_mean"
+    # Every other preset keeps overall accuracy, the paper's metric there.
+    for preset in sorted(configs.glob("*.yaml")):
+        if preset.name != "visda.yaml":
+            assert load_config(preset)[0].selection == "target_acc", preset.name

@@ -61,7 +61,8 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     add("--fixmatch", action="store_true", help="add FixMatch on both heads")
     add("--fixmatch-threshold", type=float)
     add("--fixmatch-factor", type=float)
-    add("--pda", action="store_true", help="partial-set: the target holds a subset of the source's classes")
+    add("--pda", action="store_true",
+        help="partial-set: the target holds a subset of the source's classes")
     add("--epochs", type=int)
     add("--iters-per-epoch", type=int)
     add("--batch-size", type=int)

@@ -29,7 +29,8 @@ EXPERIMENT = "tune_experiment"
 # Experiment names carry their start time, which tells a crashed driver's unannotated trials.
 EXPERIMENT_FORMAT = "tune-%Y%m%d-%H%M%S"
 # Result keys kept on each Optuna trial, so the front table can say where a trial's delta is.
-KEPT_METRICS = ("target_acc_last", "target_acc_class_mean", "epoch", "delta_bytes", "checkpoint_path")
+KEPT_METRICS = ("target_acc_last", "target_acc_class_mean", "epoch", "delta_bytes",
+                "checkpoint_path")
 DIRECTIONS = ["maximize" if m == "max" else "minimize" for m in MODES]
 
 

@@ -46,9 +46,8 @@ from vlpuda.trainables.data import (
 )
 from vlpuda.trainables.losses import LossWeights, cmkd_terms, fixmatch_term, ramp
 from vlpuda.trainables.metrics import class_mean_accuracy, per_class_counts
-from vlpuda.trainables.partial import align_target
 from vlpuda.trainables.models import Student, load_clip, text_prototypes, visual_tower
-from vlpuda.trainables.strong_view import StrongViewPrefetcher, fill_colour
+from vlpuda.trainables.partial import align_target
 from vlpuda.trainables.rst import (
     DeltaArtifact,
     ResidualSparsity,
@@ -57,6 +56,7 @@ from vlpuda.trainables.rst import (
     save_delta,
     stored_params,
 )
+from vlpuda.trainables.strong_view import StrongViewPrefetcher, fill_colour
 
 DELTA_FILE = "delta.safetensors"
 BEST_DELTA_FILE = "best_delta.safetensors"

@@ -26,7 +26,8 @@ def check_partial_classes(src_name: str, src_classes: list[str], tgt_name: str,
             "(same folder names), so remove those folders or fix their names"
         )
     if len(set(tgt_classes)) != len(tgt_classes):
-        raise DataError(f"pda: target {tgt_name!r} lists a class twice; class names must be unique")
+        raise DataError(f"pda: target {tgt_name!r} lists a class twice; class names must be "
+                        "unique")
 
 
 def to_source_labels(target: DecodedDomain, src_classes: list[str]) -> DecodedDomain:
