@@ -1,7 +1,7 @@
 """FixMatch strong view: its CPU cost per step, and how much of it the prefetch thread hides.
 
     .venv/bin/python benchmarks/strong_view.py               # ~1 min on 2 cores
-    .venv/bin/python benchmarks/strong_view.py --batch 32 --rounds 5 --step-ms 150
+    .venv/bin/python benchmarks/strong_view.py --batch 32 --rounds 5 --step-ms 150 --torch-threads 1
 
 Per batch of `--batch` target images decoded at 256 px (cropped to 224), in alternating rounds:
   reference  the reference code's strong transform on PIL images: CenterCrop, flip, torchvision
@@ -67,7 +67,11 @@ def main() -> None:
     parser.add_argument("--step-ms", type=float, default=150.0,
                         help="simulated device time of one training step")
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--torch-threads", type=int, default=None,
+                        help="torch intra-op threads (the weak view); default: torch's")
     args = parser.parse_args()
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
     images = smooth_images(4 * args.batch, args.size)
     fill = fill_colour(CLIP_MEAN)
     reference = reference_transform(args.crop)
