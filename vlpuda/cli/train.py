@@ -42,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(cfg.out_dir)
     print(
         f"done: target accuracy {final['target_acc_last']:.2f} (last epoch), "
-        f"{final['target_acc']:.2f} (best epoch {final['best_epoch']}, oracle selection); "
+        f"{final['target_acc']:.2f} (best epoch {final['best_epoch']}, oracle selection"
+        f"{' by class mean' if cfg.selection == 'target_acc_class_mean' else ''}); "
         f"stored parameters {final['stored_params']:,}\n"
         f"delta: {out / 'best_delta.safetensors'}  "
         f"(vlpuda evaluate --checkpoint {out / 'best_delta.safetensors'})"
