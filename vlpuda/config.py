@@ -39,6 +39,8 @@ class TrainConfig(BaseModel):
     train_resize: int = Field(256, gt=0)  # squash to S x S (aspect not kept), then random crop
     image_size: int = Field(224, gt=0)  # crop size in training, squash size at test
     pad: int = Field(0, ge=0)  # zero padding before the random crop (digits: small shifts)
+    # Area fractions of a RandomResizedCrop instead of the plain random crop (digits: [0.75, 1.2])
+    train_crop_scale: tuple[float, float] | None = None
     hflip: bool = True
     image_cache_dir: str | None = None  # decoded-image cache; default: the vlpuda cache dir
     pda: bool = False  # partial-set: the target's classes are a subset of the source's (by name)
@@ -132,6 +134,11 @@ def consistency_problems(values: dict[str, Any]) -> list[str]:
     for key, value in (("src", src), ("tgt", tgt)):
         if value is not None and isinstance(domains, list) and domains and value not in domains:
             problems.append(f"{key}: {value!r} is not one of the domains {domains}")
+    scale = get("train_crop_scale")
+    if isinstance(scale, (list, tuple)) and len(scale) == 2 and all(
+            isinstance(v, (int, float)) for v in scale) and not 0 < scale[0] <= scale[1]:
+        problems.append(f"train_crop_scale: {list(scale)} must be [low, high] with "
+                        "0 < low <= high")
     if get("baseline") is True and get("fixmatch") is True:
         problems.append("fixmatch: source-only training (baseline) has no target terms")
     return problems

@@ -48,6 +48,7 @@ from vlpuda.trainables.losses import LossWeights, cmkd_terms, fixmatch_term, ram
 from vlpuda.trainables.metrics import class_mean_accuracy, per_class_counts
 from vlpuda.trainables.models import Student, load_clip, text_prototypes, visual_tower
 from vlpuda.trainables.partial import align_target
+from vlpuda.trainables.resized_crop import resized_crop_views
 from vlpuda.trainables.rst import (
     DeltaArtifact,
     ResidualSparsity,
@@ -310,6 +311,10 @@ class TaskRun:
         uint8 batch (`images` when the caller already gathered it) is moved there first and
         cropped and normalised as a batch. Both draw the same views from the generator."""
         cfg = self.cfg
+        if cfg.train_crop_scale is not None:  # the digits recipe: random resized crop
+            images = images if images is not None else self._images(domain, index)
+            return self._input(resized_crop_views(images, cfg.image_size, cfg.train_crop_scale,
+                                                  cfg.hflip, self.generator))
         if images is None:
             if self.device.type == "cpu":
                 return cached_train_input(domain.train_images, index, cfg.image_size, cfg.pad,
