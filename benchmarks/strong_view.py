@@ -1,7 +1,7 @@
 """FixMatch strong view: its CPU cost per step, and how much of it the prefetch thread hides.
 
     .venv/bin/python benchmarks/strong_view.py               # ~1 min on 2 cores
-    .venv/bin/python benchmarks/strong_view.py --batch 32 --rounds 5 --step-ms 150 --torch-threads 1
+    .venv/bin/python benchmarks/strong_view.py --rounds 5 --step-ms 150 --torch-threads 1
 
 Per batch of `--batch` target images decoded at 256 px (cropped to 224), in alternating rounds:
   reference  the reference code's strong transform on PIL images: CenterCrop, flip, torchvision
