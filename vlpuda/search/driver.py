@@ -389,7 +389,7 @@ def check_extension(plan: SearchPlan) -> dict[str, Any] | None:
     space, tasks or budget)."""
     if not (plan.run_dir / MANIFEST).is_file():
         return None
-    previous = read_manifest(plan.run_dir)
+    previous = read_manifest(plan.run_dir, needs=())  # status and fingerprint, read with .get
     if previous.get("status") == "running":
         raise ConfigError([
             f"search.name: {plan.run_dir} holds search {previous.get('name')!r} that did not "
