@@ -223,11 +223,14 @@ def path_problems(cfg: TrainConfig, *, need_domains: bool = True) -> list[str]:
     problems = []
     if need_domains and (cfg.src is None or cfg.tgt is None):
         problems.append("src/tgt: both domains are required (--src Art --tgt Clipart)")
+    # Presets with image lists want the lists' root, not an ImageFolder tree.
+    layout = (f"DIR holding the image lists ({', '.join(sorted(cfg.image_lists.values()))}) and "
+              "the images they list" if cfg.image_lists else "DIR/<Domain>/<class>/<image>")
     if cfg.data_dir is None:
-        return problems + ["data_dir: not set; pass --data-dir DIR (DIR/<Domain>/<class>/<image>)"]
+        return problems + [f"data_dir: not set; pass --data-dir DIR ({layout})"]
     root = Path(cfg.data_dir).expanduser()
     if not root.is_dir():
-        return problems + [f"data_dir: {root} is not a directory"]
+        return problems + [f"data_dir: {root} is not a directory; pass --data-dir DIR ({layout})"]
     for key in ("src", "tgt"):
         domain = getattr(cfg, key)
         if domain is None:
@@ -236,6 +239,9 @@ def path_problems(cfg: TrainConfig, *, need_domains: bool = True) -> list[str]:
             listed = root / cfg.image_lists[domain]
             if not listed.is_file():
                 problems.append(f"image_lists.{domain}: {listed} does not exist")
+        elif cfg.image_lists and not (root / domain).is_dir():
+            problems.append(f"{key}: {domain!r} has no image list; this preset's domains are "
+                            f"{', '.join(sorted(cfg.image_lists))} (image_lists)")
         elif not (root / domain).is_dir():
             found = sorted(p.name for p in root.iterdir() if p.is_dir())
             problems.append(f"{key}: no folder {root / domain} (found: {found})")

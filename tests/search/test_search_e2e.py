@@ -5,6 +5,7 @@ defaults."""
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import pytest
 from optuna.trial import TrialState
@@ -55,6 +56,11 @@ def test_ddp_search_prints_the_study_front_with_defaults_first(ray_session, tiny
                                            + result["Clipart_to_Art/stored_params"])
         assert result["trial_started_at"] <= result["worker_started_at"] \
             <= result["train_started_at"]
+        # A complete trial keeps its deltas and metrics, not the dense optimizer state.
+        checkpoint = Path(result["checkpoint_path"])
+        assert len(list(checkpoint.rglob("delta.safetensors"))) == 2
+        assert (checkpoint / "metrics.json").is_file()
+        assert not list(checkpoint.rglob("state.pt"))
 
     # MLflow, logged live into the run dir's store: one parent, a child per trial nested under
     # it, holding the values the study holds; the printed UI command opens that store.

@@ -12,7 +12,14 @@ import torch
 from helpers import tiny_train_overrides, write_local_dir_model, write_tiny_domains
 from vlpuda.cli import main
 from vlpuda.config import build_config
-from vlpuda.trainables.loop import BEST_DELTA_FILE, DELTA_FILE, LocalReporter, aggregate, train
+from vlpuda.trainables.loop import (
+    BEST_DELTA_FILE,
+    DELTA_FILE,
+    LocalReporter,
+    TaskRun,
+    aggregate,
+    train,
+)
 from vlpuda.trainables.rst import load_delta
 
 
@@ -145,16 +152,36 @@ def test_resume_state_is_loaded_without_pickle(tiny_task, tmp_path):
 
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
                     reason="torch.compile's CPU backend needs a C++ compiler")
-def test_compiled_training_matches_eager(tiny_task, tmp_path):
-    """`compile: true` trains the same model: the compiled forward only fuses operations, so
-    losses agree to float rounding and RST keeps the same entries, within a few of the edge."""
+def test_compiled_step_matches_eager(tiny_task, tmp_path):
+    """`compile: true` runs the same model. What torch.compile promises is the same forward
+    output and gradients up to float reordering, for one step; it does not promise identical
+    runs over many steps (RST's threshold turns reordering differences into different kept
+    entries, which differ between CPUs), so one step on one batch is compared."""
     _, data, model = tiny_task
-    results = {}
-    for compiled in (False, True):
-        cfg, _ = build_config({**tiny_train_overrides(data, model, tmp_path / f"c{compiled:d}"),
-                               "rst": True, "rst_threshold": 1e-4, "compile": compiled})
-        results[compiled] = train(cfg, reporter=LocalReporter(cfg.out_dir, log=lambda _: None))
-    eager, compiled = results[False], results[True]
-    assert compiled["iteration"] == eager["iteration"] == 8
-    assert compiled["loss"] == pytest.approx(eager["loss"], rel=1e-4)
-    assert compiled["stored_params"] == pytest.approx(eager["stored_params"], rel=1e-3)
+    cfg, _ = build_config({**tiny_train_overrides(data, model, tmp_path / "c"),
+                           "rst": True, "rst_threshold": 1e-4, "compile": True})
+    run = TaskRun(cfg, None, torch.device("cpu"))
+    assert run.model is not run.student  # the compiled wrapper around the same parameters
+    run.iteration = 4  # mid-ramp, so every CMKD term carries weight
+    generator = torch.Generator().manual_seed(0)
+    batches = [torch.randn(8, 3, 32, 32, generator=generator) for _ in range(2)]
+    labels = torch.randint(0, 4, (8,), generator=generator)
+
+    def one_step(module):
+        run.student.zero_grad(set_to_none=True)
+        loss = run._loss(module(*batches), labels)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in run.student.named_parameters()
+                 if p.grad is not None}
+        return loss.detach(), grads
+
+    run.model.train()
+    eager_loss, eager_grads = one_step(run.student)
+    compiled_loss, compiled_grads = one_step(run.model)
+    run.close()
+    assert compiled_loss.item() == pytest.approx(eager_loss.item(), rel=1e-4)
+    assert compiled_grads.keys() == eager_grads.keys() and eager_grads
+    for name, grad in eager_grads.items():
+        # normwise: fp32 reordering moves a gradient by ~1e-6 of its norm on any CPU
+        error = (compiled_grads[name] - grad).norm()
+        assert error <= 1e-3 * grad.norm() + 1e-8, name

@@ -26,8 +26,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse, accepting key=value overrides anywhere among the flags.
+
+    argparse gives a `nargs="*"` positional only the first run of positionals; later ones come
+    back unrecognised (and parse_intermixed_args does not work with subcommands). They join the
+    overrides here, in their order; anything else unrecognised is the usual usage error."""
+    args, extras = parser.parse_known_args(argv)
+    misplaced = [item for item in extras if "=" in item and not item.startswith("-")]
+    unknown = [item for item in extras if item not in misplaced]
+    if unknown or (misplaced and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or misplaced)}")
+    if misplaced:
+        args.overrides = [*(args.overrides or []), *misplaced]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     if args.command != "prefetch":
         # Weights come from the cache (filled by `vlpuda prefetch`): without this,
         # huggingface_hub retries a missing file for ~47 s before failing. Set HF_HUB_OFFLINE=0

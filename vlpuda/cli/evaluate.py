@@ -22,6 +22,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--pretrained", help="base weights, if they moved since training")
     parser.add_argument("--cache-dir", help="Hugging Face / open_clip cache directory")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--allow-base-mismatch", action="store_true",
+                        help="apply the delta even to base weights other than the ones it was "
+                        "trained on (their fingerprints differ; the scores will be meaningless)")
     parser.set_defaults(run=run)
 
 
@@ -37,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(problems, args.checkpoint)
     from vlpuda.trainables.loop import evaluate_delta
 
-    scores = evaluate_delta(cfg, delta)
+    scores = evaluate_delta(cfg, delta, allow_other_base=args.allow_base_mismatch)
     print(
         f"{cfg.tgt}: task head accuracy {scores['target_acc_last']:.2f} %, "
         f"zero-shot head {scores['target_acc_clip']:.2f} %, "

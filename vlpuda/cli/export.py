@@ -34,8 +34,15 @@ def run(args: argparse.Namespace) -> int:
         if exported.stored_params is not None:
             reported += f", {int(exported.stored_params):,} stored parameters"
         reported += ")"
+    from safetensors import safe_open
+
+    from vlpuda.trainables.fingerprint import FINGERPRINT_KEY
+
     for path in exported.files:
-        print(f"wrote {path}")
+        with safe_open(str(path), framework="pt") as handle:
+            base = (handle.metadata() or {}).get(FINGERPRINT_KEY)
+        # evaluate refuses base weights with another fingerprint; say which base this one needs
+        print(f"wrote {path}" + (f" (base weights {base})" if base else ""))
     print(f"run {exported.run_id}: {len(exported.files)} delta(s){reported}; score with: "
           f"vlpuda evaluate --checkpoint {exported.files[0]}")
     return 0

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from vlpuda.cli.common import add_config_arguments, add_training_arguments, config_from_args
+from vlpuda.cli.outdir import prepare_out_dir
 from vlpuda.config import path_problems
 from vlpuda.errors import ConfigError
 
@@ -22,6 +23,9 @@ def add_parser(subparsers) -> None:
     add_training_arguments(parser)
     parser.add_argument("--resume", action="store_true",
                         help="continue from OUT_DIR/checkpoint if it exists")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the run OUT_DIR already holds (its checkpoint, best delta "
+                        "and metrics.jsonl)")
     parser.set_defaults(run=run)
 
 
@@ -30,6 +34,12 @@ def run(args: argparse.Namespace) -> int:
     problems = path_problems(cfg)
     if problems:
         raise ConfigError(problems, args.config)
+    if args.resume and args.overwrite:
+        raise ConfigError(["--resume and --overwrite: choose one (continue the run in out_dir, "
+                           "or replace it)"], args.config)
+    # Before any data or model is loaded: a bad out_dir costs seconds, and a finished run is
+    # never replaced unless asked.
+    prepare_out_dir(cfg.out_dir, args.resume, args.overwrite)
     # Heavy imports only once the config is known to be good.
     from vlpuda.trainables.loop import LocalReporter, train
 

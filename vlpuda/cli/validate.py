@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from vlpuda.cli.checks import class_problems, model_problems
 from vlpuda.cli.common import add_config_arguments, add_training_arguments, collect_overrides
 from vlpuda.config import build_config, path_problems, read_yaml
 from vlpuda.errors import ConfigError
@@ -29,10 +30,17 @@ def run(args: argparse.Namespace) -> int:
     if SEARCH_KEY in sections or search_overrides:
         # The plan checks the training config of every task, data folders included.
         plan = build_plan(raw, train_overrides, search_overrides, args.config)
+        problems = model_problems(plan.tasks[0])
+        for task in plan.tasks:
+            problems += class_problems(task)
+        if problems:
+            raise ConfigError(problems, args.config)
         print(f"{args.config or 'config'}: OK")
         print("\n".join(describe_plan(plan)))
         return 0
     problems = path_problems(cfg, need_domains=cfg.benchmark != "demo")
+    # Names and folder listings only: nothing is decoded and no weights are read.
+    problems += model_problems(cfg) + ([] if problems else class_problems(cfg))
     if problems:
         raise ConfigError(problems, args.config)
     print(f"{args.config or 'config'}: OK")

@@ -24,6 +24,8 @@ from vlpuda.errors import ConfigError, VlpudaError
 from vlpuda.search.front import Front, format_front, front_of, write_front
 from vlpuda.search.settings import MANIFEST, SearchPlan, SearchSettings, plan_from_manifest
 from vlpuda.search.study import (
+    SEARCH_KEYS,
+    experiment_counts,
     fail_running_trials,
     load_study,
     make_sampler,
@@ -387,7 +389,7 @@ def check_extension(plan: SearchPlan) -> dict[str, Any] | None:
     space, tasks or budget)."""
     if not (plan.run_dir / MANIFEST).is_file():
         return None
-    previous = read_manifest(plan.run_dir)
+    previous = read_manifest(plan.run_dir, needs=())  # status and fingerprint, read with .get
     if previous.get("status") == "running":
         raise ConfigError([
             f"search.name: {plan.run_dir} holds search {previous.get('name')!r} that did not "
@@ -451,7 +453,7 @@ def resume_search(run_dir: str | Path, log: Log = _log) -> Front:
     import ray.tune
 
     run_dir = Path(run_dir).expanduser().resolve()
-    manifest = read_manifest(run_dir)
+    manifest = read_manifest(run_dir, SEARCH_KEYS)
     plan = plan_from_manifest(run_dir, manifest)
     experiment = manifest["experiment"]
     path = plan.ray_path(experiment)
@@ -496,18 +498,22 @@ def finish(plan: SearchPlan, experiment: str, results, log: Log = _log,
     leftover RUNNING study trials are marked FAIL; an interrupted one (Ctrl-C) is left to resume."""
     study = plan_study(plan)
     planned = plan.settings.num_samples
-    terminated, errored = results.num_terminated, results.num_errors
-    unfinished = planned - terminated - errored
-    log(f"{terminated + errored} of {planned} planned trials finished ({terminated} terminated, "
-        f"{errored} errored)" + (f", {unfinished} not finished" if unfinished else ""))
-    if unfinished:
-        log(f"the search was interrupted: continue it with `vlpuda search --resume "
-            f"{plan.run_dir}`; the front so far:")
-    else:
+    if planned - results.num_terminated - results.num_errors <= 0:
         # Tune has finished every trial: one of ours still RUNNING in the study is an orphan.
         leftovers = fail_running_trials(study, experiment)
         if leftovers:
             log(f"{len(leftovers)} orphaned study trial(s) marked FAIL: {leftovers}")
+    # Counted from the study, which records a trial once it has really ended (after Ctrl-C,
+    # Tune calls its interrupted trials terminated).
+    counts = experiment_counts(study, experiment)
+    finished = counts["COMPLETE"] + counts["PRUNED"] + counts["FAIL"]
+    unfinished = max(planned - finished, 0)
+    log(f"{finished} of {planned} planned trials finished ({counts['COMPLETE']} complete, "
+        f"{counts['PRUNED']} pruned, {counts['FAIL']} failed)"
+        + (f", {unfinished} not finished" if unfinished else ""))
+    if unfinished:
+        log(f"the search was interrupted: continue it with `vlpuda search --resume "
+            f"{plan.run_dir}`; the front so far:")
     front = front_of(study.get_trials(deepcopy=False))
     log(format_front(front))
     paths = write_front(front, plan.run_dir)

@@ -30,6 +30,7 @@ from vlpuda.search.study import (
     fail_running_trials,
     trial_outcome,
 )
+from vlpuda.trainables.prune import prune_training_state
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +102,18 @@ class ParetoOptunaSearch(OptunaSearch):
             self._ot_study.tell(self._ot_trials[trial_id], values, state=state)
         except Exception as err:  # a storage hiccup must not end the search
             logger.warning("could not record trial %s in the study: %s", trial_id, err)
+            return
+        self._prune(state, result)
+
+    @staticmethod
+    def _prune(state: TrialState, result: dict | None) -> None:
+        """A trial the study holds as complete or pruned is never resumed: its checkpoint keeps
+        the deltas and metrics, not the dense optimizer state (trainables/prune.py)."""
+        if state in (TrialState.COMPLETE, TrialState.PRUNED) and result:
+            try:
+                prune_training_state(result.get("checkpoint_path"))
+            except OSError as err:  # disk housekeeping must not end the search
+                logger.warning("could not prune %s: %s", result.get("checkpoint_path"), err)
 
     def _record_rerun(self, trial_id: str, stored: optuna.trial.FrozenTrial,
                       result: dict | None, error: bool) -> None:
@@ -116,6 +129,8 @@ class ParetoOptunaSearch(OptunaSearch):
                 values=values, user_attrs=attrs))
         except Exception as err:
             logger.warning("could not record the rerun of trial %s: %s", trial_id, err)
+            return
+        self._prune(state, result)
 
     def restore(self, checkpoint_path: str) -> None:
         super().restore(checkpoint_path)

@@ -31,6 +31,9 @@ EXPERIMENT_FORMAT = "tune-%Y%m%d-%H%M%S"
 # Result keys kept on each Optuna trial, so the front table can say where a trial's delta is.
 KEPT_METRICS = ("target_acc_last", "target_acc_class_mean", "epoch", "delta_bytes",
                 "checkpoint_path")
+# What `pareto` reads from a manifest, and what --resume and sync read (the driver writes all).
+STUDY_KEYS = ("name", "study_name", "storage")
+SEARCH_KEYS = (*STUDY_KEYS, "ray_storage", "experiment", "raw")
 DIRECTIONS = ["maximize" if m == "max" else "minimize" for m in MODES]
 
 
@@ -121,6 +124,16 @@ def fail_running_trials(study: optuna.Study, experiment: str,
     return marked
 
 
+def experiment_counts(study: optuna.Study, experiment: str) -> dict[str, int]:
+    """How many of the trials `experiment` asked for are in each state (COMPLETE, PRUNED, FAIL,
+    RUNNING, ...), by state name."""
+    counts = {state.name: 0 for state in TrialState}
+    for trial in study.get_trials(deepcopy=False):
+        if trial.user_attrs.get(EXPERIMENT) == experiment:
+            counts[trial.state.name] += 1
+    return counts
+
+
 def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     staging = run_dir / f".{MANIFEST}.tmp"
@@ -128,17 +141,48 @@ def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
     staging.replace(run_dir / MANIFEST)  # atomic: a crash never leaves half a manifest
 
 
-def read_manifest(run_dir: str | Path) -> dict[str, Any]:
-    """The manifest of a search's run directory; a clear error when there is none."""
+def read_manifest(run_dir: str | Path, needs: tuple[str, ...] = STUDY_KEYS) -> dict[str, Any]:
+    """The manifest of a search's run directory; a clear error when there is none, or when it is
+    not JSON or lacks one of the keys the caller `needs`."""
     path = Path(run_dir).expanduser() / MANIFEST
     if not path.is_file():
         raise VlpudaError(f"{Path(run_dir)} is not a search run directory (no {MANIFEST}); "
                           "pass the directory a search printed as its run dir, e.g. runs/demo")
-    return json.loads(path.read_text())
+    damaged = ("; it is damaged (a search writes it whole): restore it from a copy, or start "
+               "the search again with the same preset and --name (the study in its storage "
+               "keeps the trials)")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise VlpudaError(f"{path} is not valid JSON ({err}){damaged}") from None
+    if not isinstance(manifest, dict):
+        raise VlpudaError(f"{path} does not hold a JSON object{damaged}")
+    missing = [key for key in needs if key not in manifest]
+    if "raw" in needs and not missing and not isinstance(manifest["raw"], dict):
+        missing = ["raw (the preset, a JSON object)"]
+    if missing:
+        raise VlpudaError(f"{path} lacks {', '.join(missing)}{damaged}")
+    return manifest
+
+
+def missing_sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL when it does not exist (opening it would create an empty one)."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    path = Path(parsed.database)
+    return None if path.is_file() else path
 
 
 def load_study(manifest: dict[str, Any]) -> optuna.Study:
-    """The study a manifest points to."""
+    """The study a manifest points to; never creates a storage that is not there."""
+    missing = missing_sqlite_file(manifest["storage"])
+    if missing is not None:
+        raise VlpudaError(f"the study storage {missing} does not exist (search "
+                          f"{manifest.get('name')!r} keeps its trials there): restore the file, "
+                          "or point search.storage at where it moved")
     try:
         return optuna.load_study(study_name=manifest["study_name"],
                                  storage=open_storage(manifest["storage"]))

@@ -60,8 +60,15 @@ def export_delta(run_id: str, out_dir: str | Path, tracking_uri: str | None = No
     from mlflow.exceptions import MlflowException
 
     uri = resolve_uri(tracking_uri)
+    dest = resolve_destination(uri, Path.cwd())
+    store = Path(uri.split(":///", 1)[1]) if dest.is_sqlite else None
+    if store is not None and not store.is_file():
+        # MlflowClient would create an empty store there: there is nothing to export from.
+        raise TrackingError(f"no MLflow store at {store} ({tracking_uri or uri} holds no "
+                            "search's tracking): pass the run dir or tracking URI the search "
+                            "printed")
     limit_http_retries()
-    problem = server_problem(resolve_destination(uri, Path.cwd()))
+    problem = server_problem(dest)
     if problem is not None:
         raise TrackingError(f"{problem}; start the tracking server or pass another "
                             "--tracking-uri")

@@ -13,7 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vlpuda.search.settings import plan_from_manifest
-from vlpuda.search.study import STOP_REASON, TUNE_TRIAL_ID, load_study, read_manifest
+from vlpuda.search.study import (
+    SEARCH_KEYS,
+    STOP_REASON,
+    TUNE_TRIAL_ID,
+    load_study,
+    read_manifest,
+)
 from vlpuda.tracking.describe import search_info
 from vlpuda.tracking.destination import (
     TrackingError,
@@ -103,7 +109,8 @@ def sync_run_dir(run_dir: str | Path, tracking_uri: str | None = None,
     from mlflow import MlflowClient
 
     run_dir = Path(run_dir).expanduser().resolve()
-    manifest = read_manifest(run_dir)
+    manifest = read_manifest(run_dir, SEARCH_KEYS)
+    study = load_study(manifest)  # before anything else: a missing study creates nothing
     # Data paths are not checked: the data may have moved since; only names and settings matter.
     plan = plan_from_manifest(run_dir, manifest, check_paths=False)
     settings = tracking_settings(plan.raw, plan.source)
@@ -121,7 +128,6 @@ def sync_run_dir(run_dir: str | Path, tracking_uri: str | None = None,
     if recorded is None:
         write_destination(run_dir, dest)
     client = MlflowClient(dest.uri)
-    study = load_study(manifest)
     outcomes = _outcomes(study)
     summary = SyncSummary(dest.uri)
     names = experiments(plan.ray_storage)

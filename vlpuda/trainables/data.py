@@ -31,6 +31,7 @@ from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS as _TORCHVISION_IMG_EXTENSIONS
 
 from vlpuda.errors import DataError
+from vlpuda.trainables.lists import check_folder_labels
 
 # Imported rather than copied so a folder lists exactly the files ImageFolder would load.
 IMG_EXTENSIONS: tuple[str, ...] = tuple(_TORCHVISION_IMG_EXTENSIONS)
@@ -59,6 +60,21 @@ def _is_image(name: str) -> bool:
 def list_imagefolder(root: Path) -> tuple[list[str], list[Sample]]:
     """List a `root/<class>/**/<image>` tree in torchvision ImageFolder's class and file order."""
     root = Path(root)
+    classes = list_class_folders(root)
+    samples: list[Sample] = []
+    for label, name in enumerate(classes):
+        found = _images_under(root / name)
+        if not found:
+            raise DataError(
+                f"class folder {root / name} has no images (extensions: "
+                f"{', '.join(IMG_EXTENSIONS)}); add images or remove the folder"
+            )
+        samples.extend(Sample(path, label) for path in found)
+    return classes, samples
+
+
+def list_class_folders(root: Path) -> list[str]:
+    """The class folders of an ImageFolder domain, in label order (nothing else is read)."""
     if not root.is_dir():
         raise DataError(
             f"domain folder {root} does not exist or is not a directory; "
@@ -72,16 +88,7 @@ def list_imagefolder(root: Path) -> tuple[list[str], list[Sample]]:
             f"domain folder {root} has no class subfolders; "
             "expected one subfolder of images per class (ImageFolder layout)"
         )
-    samples: list[Sample] = []
-    for label, name in enumerate(classes):
-        found = _images_under(root / name)
-        if not found:
-            raise DataError(
-                f"class folder {root / name} has no images (extensions: "
-                f"{', '.join(IMG_EXTENSIONS)}); add images or remove the folder"
-            )
-        samples.extend(Sample(path, label) for path in found)
-    return classes, samples
+    return classes
 
 
 def _images_under(class_dir: Path) -> list[Path]:
@@ -146,6 +153,7 @@ def read_image_list(
     if not list_file.is_file():
         raise DataError(f"image list {list_file} does not exist; check the path in the config")
     samples: list[Sample] = []
+    linenos: list[int] = []
     with open(list_file, encoding="utf-8") as f:
         for lineno, raw in enumerate(f, start=1):
             line = raw.strip()
@@ -158,6 +166,7 @@ def read_image_list(
                     "given in the config; fix the label or the `classes:` list"
                 )
             samples.append(Sample(root / rel, label))
+            linenos.append(lineno)
     if not samples:
         raise DataError(f"image list {list_file} has no entries; it must list the domain's images")
     missing = [s.path for s in samples if not s.path.is_file()]
@@ -167,6 +176,8 @@ def read_image_list(
             f"{len(missing)} image(s) listed in {list_file} do not exist under {root} "
             f"(e.g. {shown}); check the data root the list's paths are relative to"
         )
+    if classes is None:  # labels are named after folders: each folder must have one label
+        check_folder_labels(list_file, [(s.path.parent.name, s.label) for s in samples], linenos)
     names = list(classes) if classes is not None else _classes_from_dirs(list_file, samples)
     return names, samples
 

@@ -44,10 +44,14 @@ from vlpuda.trainables.data import (
     model_input,
     train_views,
 )
+from vlpuda.trainables.filekind import StateFileError, load_state_file
+from vlpuda.trainables.fingerprint import FINGERPRINT_KEY, weights_fingerprint
 from vlpuda.trainables.losses import LossWeights, cmkd_terms, fixmatch_term, ramp
 from vlpuda.trainables.metrics import class_mean_accuracy, per_class_counts
 from vlpuda.trainables.models import Student, load_clip, text_prototypes, visual_tower
 from vlpuda.trainables.partial import align_target
+from vlpuda.trainables.prune import STATE_FILE
+from vlpuda.trainables.records import append_epoch
 from vlpuda.trainables.resized_crop import resized_crop_views
 from vlpuda.trainables.rst import (
     DeltaArtifact,
@@ -61,7 +65,6 @@ from vlpuda.trainables.strong_view import StrongViewPrefetcher, fill_colour
 
 DELTA_FILE = "delta.safetensors"
 BEST_DELTA_FILE = "best_delta.safetensors"
-STATE_FILE = "state.pt"
 
 
 class Reporter(Protocol):
@@ -76,6 +79,7 @@ class LocalReporter:
     def __init__(self, out_dir: str | Path, log=print) -> None:
         self.out_dir = Path(out_dir)
         self.log = log
+        self._reported = False
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -86,6 +90,10 @@ class LocalReporter:
         if checkpoint_dir is None:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        # The metrics line first: every epoch a checkpoint holds is then in metrics.jsonl (a
+        # resume drops a line past its checkpoint, and trains that epoch again).
+        append_epoch(self.out_dir / "metrics.jsonl", metrics, not self._reported)
+        self._reported = True
         # Replace the previous checkpoint only once the new one is complete on disk.
         staging = self.out_dir / "checkpoint.new"
         shutil.rmtree(staging, ignore_errors=True)
@@ -98,8 +106,6 @@ class LocalReporter:
             target = self.out_dir / delta.parent.relative_to(self.checkpoint_dir) / BEST_DELTA_FILE
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(best if best.exists() else delta, target)
-        with open(self.out_dir / "metrics.jsonl", "a") as handle:
-            handle.write(json.dumps(metrics) + "\n")
 
 
 def format_metrics(m: dict[str, Any]) -> str:
@@ -189,8 +195,10 @@ def evaluate(
     }
 
 
-def delta_metadata(cfg: TrainConfig, assets: TaskAssets, epoch: int) -> dict[str, str]:
+def delta_metadata(cfg: TrainConfig, assets: TaskAssets, epoch: int, base: str
+                   ) -> dict[str, str]:
     return {
+        FINGERPRINT_KEY: base,
         "model": cfg.model,
         "pretrained": json.dumps(cfg.pretrained),
         "classes": json.dumps(assets.classes),
@@ -272,6 +280,9 @@ class TaskRun:
         self.sparsity = ResidualSparsity(
             self.student.visual, cfg.rst_mode_effective, cfg.rst_threshold, cfg.rst_ratio
         )
+        # Of w0, once: every delta names the base it applies to (fingerprint.py).
+        self.base_fingerprint = weights_fingerprint(zip(self.sparsity.names,
+                                                        self.sparsity.reference))
         self.model: torch.nn.Module = self.student
         if world > 1:
             self.model = DistributedDataParallel(
@@ -423,7 +434,7 @@ class TaskRun:
         delta_path = directory / DELTA_FILE
         delta_bytes = save_delta(
             delta_path, self.sparsity.named_pairs(), self.student.head.state_dict(),
-            delta_metadata(self.cfg, self.assets, self.epoch),
+            delta_metadata(self.cfg, self.assets, self.epoch, self.base_fingerprint),
         )
         if self.is_best:
             self.best_delta = self.scratch / "best.safetensors"
@@ -445,17 +456,22 @@ class TaskRun:
         return delta_bytes
 
     def load_checkpoint(self, directory: Path) -> None:
-        state = torch.load(directory / STATE_FILE, weights_only=True)
+        restart = f"remove {directory} (vlpuda train: --overwrite) to start this run over"
+        state = load_state_file(directory / STATE_FILE, restart)
         delta = load_delta(directory / DELTA_FILE)
-        apply_delta_(self.student.visual, delta)
-        self.student.head.load_state_dict(delta.head_state)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.src_sampler.load_state_dict(state["src_sampler"])
-        self.tgt_sampler.load_state_dict(state["tgt_sampler"])
-        set_rng_state(self.generator, state["rng"])
-        self.iteration, self.epoch = int(state["iteration"]), int(state["epoch"])
-        self.best_acc, self.best_epoch = float(state["best_acc"]), int(state["best_epoch"])
+        apply_delta_(self.student.visual, delta, self.base_fingerprint)
+        try:
+            self.student.head.load_state_dict(delta.head_state)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scaler.load_state_dict(state["scaler"])
+            self.src_sampler.load_state_dict(state["src_sampler"])
+            self.tgt_sampler.load_state_dict(state["tgt_sampler"])
+            set_rng_state(self.generator, state["rng"])
+            self.iteration, self.epoch = int(state["iteration"]), int(state["epoch"])
+            self.best_acc, self.best_epoch = float(state["best_acc"]), int(state["best_epoch"])
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as err:
+            raise StateFileError(f"{directory / STATE_FILE} is not the training state of this "
+                                 f"run ({type(err).__name__}: {err}); {restart}") from None
         kept = directory / BEST_DELTA_FILE
         self.best_delta = self.scratch / "best.safetensors"
         shutil.copy(kept if kept.exists() else directory / DELTA_FILE, self.best_delta)
@@ -544,8 +560,8 @@ def train(
     return metrics
 
 
-def evaluate_delta(cfg: TrainConfig, delta: DeltaArtifact, device: torch.device | None = None
-                   ) -> dict[str, Any]:
+def evaluate_delta(cfg: TrainConfig, delta: DeltaArtifact, device: torch.device | None = None,
+                   allow_other_base: bool = False) -> dict[str, Any]:
     """Score a delta artifact: fresh base model + stored visual values + stored head."""
     device = device or pick_device(cfg)
     loaded = load_clip(cfg.model, cfg.pretrained, cfg.cache_dir)
@@ -556,7 +572,7 @@ def evaluate_delta(cfg: TrainConfig, delta: DeltaArtifact, device: torch.device 
     zs_scale = cfg.zs_scale if cfg.zs_scale is not None else loaded.logit_scale
     student = Student(visual_tower(loaded), prototypes, zs_scale)
     reference = ResidualSparsity(student.visual)  # w0, to count what the delta changed
-    apply_delta_(student.visual, delta)
+    apply_delta_(student.visual, delta, allow_other_base=allow_other_base)
     changed = reference.changed()  # before the move: w0 stays where the model was built
     student.head.load_state_dict(delta.head_state)
     student.to(device)

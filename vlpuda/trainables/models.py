@@ -29,6 +29,7 @@ from safetensors import SafetensorError
 from torch import nn
 
 from vlpuda.errors import ModelLoadError
+from vlpuda.trainables.filekind import refusal
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,12 @@ def load_clip(model_name: str, pretrained: str | None, cache_dir: str | None = N
         tokenizer = open_clip.get_tokenizer(model_name, cache_dir=cache_dir)
     except _LOAD_ERRORS as err:
         raise ModelLoadError(_load_failure_message(model_name, pretrained, err)) from err
+    except AssertionError as err:
+        # open_clip asserts while resizing a checkpoint's embeddings to the model's ("text
+        # pos_embed width changed!"): the weights are of another architecture.
+        raise ModelLoadError(
+            f"the weights {pretrained or model_name} do not fit model {model_name!r} "
+            f"(open_clip: {err}): pass the --model the weights were trained with") from err
     model.eval()
     mean, std = _normalisation(model)
     return LoadedClip(
@@ -245,12 +252,13 @@ def _load_failure_message(model_name: str, pretrained: str | None, err: BaseExce
     cause = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     what = f"model {model_name!r}" + (f" with pretrained={pretrained!r}" if pretrained else "")
     if isinstance(err, pickle.UnpicklingError):
-        return (
-            f"cannot load {what}: the file holds pickled Python objects besides tensors, and "
-            "weights are only read with torch.load(weights_only=True) so that a checkpoint cannot "
-            "run code. Re-save just the state dict (torch.save(model.state_dict(), path)) or "
-            f"convert it to safetensors. ({cause})"
-        )
+        # torch's own message would advise weights_only=False: say what the file is instead.
+        is_file = pretrained is not None and Path(pretrained).is_file()
+        found = refusal(pretrained, err) if is_file else (
+            "the weights hold Python objects besides tensors; they are not loaded, because "
+            "unpickling such objects can run code")
+        return (f"cannot load {what}: {found}. Pass an open_clip state dict "
+                "(torch.save(model.state_dict(), path)) or a safetensors file.")
     if "TorchScript" in str(err):
         return (
             f"cannot load {what}: it is a TorchScript archive (the original OpenAI .pt format), "

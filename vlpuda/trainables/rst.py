@@ -29,6 +29,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from vlpuda.errors import VlpudaError
+from vlpuda.trainables.fingerprint import FINGERPRINT_KEY, weights_fingerprint
 
 RstMode = Literal["off", "threshold", "ratio"]
 DELTA_FORMAT = "vlpuda-delta/1"
@@ -194,6 +195,7 @@ class DeltaArtifact:
     visual: dict[str, tuple[torch.Tensor | None, torch.Tensor]]
     head_state: dict[str, torch.Tensor]
     metadata: dict[str, str]
+    source: str = "the delta"  # the file it was read from, for messages
 
     @property
     def config(self) -> dict:
@@ -265,12 +267,28 @@ def load_delta(path: str | Path) -> DeltaArtifact:
         elif key.endswith(".value"):
             name = key[len("visual."):-len(".value")]
             visual[name] = (tensors[f"visual.{name}.index"].long(), value)
-    return DeltaArtifact(visual=visual, head_state=head_state, metadata=metadata)
+    return DeltaArtifact(visual=visual, head_state=head_state, metadata=metadata,
+                         source=str(path))
 
 
 @torch.no_grad()
-def apply_delta_(visual: nn.Module, artifact: DeltaArtifact) -> None:
-    """Write the stored trained values into a freshly loaded pre-trained visual tower, in place."""
+def apply_delta_(visual: nn.Module, artifact: DeltaArtifact, base_fingerprint: str | None = None,
+                 allow_other_base: bool = False) -> None:
+    """Write the stored trained values into a freshly loaded pre-trained visual tower, in place.
+
+    Refuses a tower whose weights are not the base the delta was trained on (its fingerprint
+    in the metadata; `base_fingerprint` when the caller already hashed the tower), unless
+    `allow_other_base`. Deltas written before fingerprints existed are applied unchecked."""
+    expected = artifact.metadata.get(FINGERPRINT_KEY)
+    if expected and not allow_other_base:
+        found = base_fingerprint or weights_fingerprint(visual.named_parameters())
+        if found != expected:
+            raise DeltaError(
+                f"{artifact.source} was trained on other base weights than the ones loaded for "
+                f"model {artifact.metadata.get('model', '?')!r} (pretrained "
+                f"{artifact.metadata.get('pretrained', '?')}): delta base {expected}, loaded "
+                f"{found}. Load the weights it was trained on (the model folder or "
+                "--pretrained file it names), or pass --allow-base-mismatch to apply it anyway")
     params = dict(visual.named_parameters())
     shapes = json.loads(artifact.metadata.get("visual_shapes", "{}"))
     missing = [name for name in shapes if name not in params]

@@ -39,6 +39,9 @@ from vlpuda.trainables.params import apply_params
 # The last epoch's metrics, written into every checkpoint: a trial resumed after its final epoch
 # has nothing left to train but must still report its result.
 METRICS_FILE = "metrics.json"
+# Marks a result reported again on resume: the epoch of the checkpoint a trial resumes from,
+# whose first report an interruption may have cut off after Train had saved the checkpoint.
+REPLAYED = "replayed_from_checkpoint"
 
 
 @dataclass(frozen=True)
@@ -143,13 +146,16 @@ class RayTrainReporter:
         ray.train.report(metrics, checkpoint=checkpoint)
 
 
+def _checkpoint_metrics(directory: Path) -> dict[str, Any] | None:
+    """The metrics saved with a checkpoint (its epoch's report)."""
+    path = directory / METRICS_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def _finished_metrics(directory: Path, epochs: int) -> dict[str, Any] | None:
     """The metrics saved with a checkpoint, when that checkpoint is the run's last epoch."""
-    path = directory / METRICS_FILE
-    if not path.is_file():
-        return None
-    metrics = json.loads(path.read_text())
-    return metrics if metrics.get("epoch", 0) >= epochs else None
+    metrics = _checkpoint_metrics(directory)
+    return metrics if metrics is not None and metrics.get("epoch", 0) >= epochs else None
 
 
 def finished_run_metrics(storage_path: str, run_name: str, epochs: int) -> dict[str, Any] | None:
@@ -187,4 +193,10 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             # result again so Tune and Optuna see the trial complete.
             ray.train.report({**finished, "checkpoint_path": checkpoint.path})
             return
+        replay = _checkpoint_metrics(Path(directory))
+        if replay is not None:
+            # Train saves a checkpoint before Tune has its report, so Ctrl-C or a kill in between
+            # leaves an epoch that is in the checkpoint but in no record. Report it again before
+            # training on: MLflow keeps one value per step (iteration), and Tune's row is marked.
+            ray.train.report({**replay, REPLAYED: True})
         train(configs, assets, reporter=reporter, resume_from=Path(directory), device=device)
