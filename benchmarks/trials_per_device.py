@@ -17,9 +17,11 @@ each process gets cores / N torch threads, as Ray gives each trial its CPUs.
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import os
 import platform
+import queue
 import resource
 import statistics
 import sys
@@ -75,7 +77,19 @@ def measure(model: str, trials: int, args: argparse.Namespace) -> tuple[float, f
         barrier, results)) for _ in range(trials)]
     for process in processes:
         process.start()
-    outcomes = [results.get(timeout=1800) for _ in processes]
+    outcomes = []
+    while len(outcomes) < trials:
+        try:
+            outcomes.append(results.get(timeout=5))
+        except queue.Empty:
+            # A trial that died (out of memory, a CUDA error) would leave the others waiting
+            # at the barrier, and this loop waiting for ever.
+            failed = [p.exitcode for p in processes if p.exitcode not in (None, 0)]
+            if failed:
+                for process in processes:
+                    process.kill()
+                raise RuntimeError(f"{len(failed)} of {trials} trial processes failed "
+                                   f"(exit codes {failed}); their error is printed above")
     for process in processes:
         process.join()
     return sum(rate for rate, _ in outcomes), max(peak for _, peak in outcomes)
@@ -91,6 +105,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="repeats of every N, alternating")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--precision", default="fp32", choices=["fp32", "amp_bf16"])
+    parser.add_argument("--jsonl", type=Path, help="also append each row to this file")
     args = parser.parse_args()
 
     if args.device == "cuda":
@@ -113,7 +128,15 @@ def main() -> None:
             total = statistics.median(rates[n])
             print(f"{model:>14}  {n} trial(s) per device: {total:8.1f} images/s together, "
                   f"{total / single:4.2f}x of {args.trials[0]}, peak memory per trial "
-                  f"{peaks[n] / 2**30:.2f} GiB")
+                  f"{peaks[n] / 2**30:.2f} GiB", flush=True)
+            if args.jsonl:
+                row = {"machine": machine, "model": model, "image_size": args.image_size,
+                       "precision": args.precision, "batch": f"{args.batch}+{args.batch}",
+                       "steps": args.steps, "rounds": args.rounds, "trials": n,
+                       "images_per_s": round(total, 1), "over_first": round(total / single, 3),
+                       "peak_gib_per_trial": round(peaks[n] / 2**30, 3)}
+                with open(args.jsonl, "a") as handle:
+                    handle.write(json.dumps(row) + "\n")
 
 
 if __name__ == "__main__":
