@@ -2,15 +2,15 @@
 
     python benchmarks/step_time.py                       # CPU: both tiny test architectures
     python benchmarks/step_time.py --models RN50 ViT-B-16 --image-size 224 --device cuda
-    python benchmarks/step_time.py ... --fixmatch          # FixMatch: a third (strong) view
+    python benchmarks/step_time.py ... --views 2 3         # also FixMatch's third (strong) view
 
 For each model it times
   bare     open_clip image tower forward + backward + SGD step on the same 32 + 32 images
            (one batch of 64 through a linear classifier: the least work any trainer must do;
-           96 with --fixmatch),
+           96 with FixMatch's view, `--views 3`),
   trainer  vlpuda's CMKD + RST iteration (two forwards of 32 through the task and CLIP heads,
            the CMKD terms, SGD Nesterov, the RST reset, data sampling and augmentation; with
-           --fixmatch also the strong view of the target images and the FixMatch terms),
+           `--views 3` also the strong view of the target images and the FixMatch terms),
   reset    the RST reset alone,
 and prints bare/trainer (1.0 = no overhead) and the reset's share of a trainer step, one JSON
 line per model (also appended to --jsonl). `trainer_images_per_s` counts the views the tower
@@ -204,8 +204,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "amp_bf16"])
-    parser.add_argument("--fixmatch", action="store_true",
-                        help="train with FixMatch, whose strong view is a third batch")
+    parser.add_argument("--views", nargs="+", type=int, choices=[2, 3], default=[2],
+                        help="views per step: 2 (source, target), 3 (+ FixMatch's strong view "
+                        "of the target); several: one row each")
     parser.add_argument("--jsonl", type=Path, help="also append each row to this file")
     parser.add_argument("--peak-tflops", type=float,
                         help="the device's dense peak TFLOP/s at this precision, for MFU "
@@ -219,9 +220,9 @@ def main() -> None:
     peak = peak_tflops(device, args.precision, args.peak_tflops)
     print(f"# {machine}; torch {torch.__version__}; precision {args.precision}; "
           f"peak {peak if peak else 'unknown'} TFLOP/s")
-    for name in args.models:
+    for name, views in [(name, views) for name in args.models for views in args.views]:
         row = measure(name, args.image_size, args.batch, args.repeats, device, args.precision,
-                      peak, args.fixmatch)
+                      peak, fixmatch=views == 3)
         line = json.dumps({"machine": machine, "torch": torch.__version__,
                            **{k: round(v, 4) if isinstance(v, float) else v
                               for k, v in row.items()}})
