@@ -35,8 +35,9 @@ GPU_DRY := runs/gpu-dry
 
 .PHONY: gpu-wheels gpu-check gpu-dry-run
 
+# TRY_WITH=/path/to/python3.12: also install and import the wheels with that interpreter.
 gpu-wheels:
-	$(PYTHON) scripts/gpu_wheels.py --dest .whl
+	$(PYTHON) scripts/gpu_wheels.py --dest .whl $(if $(TRY_WITH),--try-with $(TRY_WITH))
 
 gpu-check:
 	DEVICE=$(DEVICE) bash scripts/gpu_check.sh

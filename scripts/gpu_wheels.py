@@ -109,11 +109,43 @@ def unmet(wheels: list[Path], python_version: str) -> list[str]:
     return missing
 
 
+# Imports that need nothing but the carried wheels and the standard library: a check that the
+# compiled ones (pydantic-core, wcwidth) load in the target interpreter.
+TRY_IMPORTS = """
+import annotated_types, ftfy, pydantic, pydantic_core, typing_extensions, typing_inspection
+class Check(pydantic.BaseModel):
+    lr: float = pydantic.Field(1e-3, gt=0)
+assert Check(lr=2e-3).lr == 2e-3
+try:
+    Check(lr=-1.0)
+    raise SystemExit("pydantic accepted lr=-1")
+except pydantic.ValidationError:
+    pass
+print("carried wheels import in", __import__("sys").version.split()[0], "from",
+      pydantic_core.__file__)
+"""
+
+
+def try_wheels(python: str, wheels: list[Path]) -> None:
+    """Install the wheels with `python`'s pip into a scratch folder, as the GPU machine does,
+    and import them there (pip refuses wheels whose tags that interpreter does not take)."""
+    import os
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as site:
+        subprocess.run([python, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
+                        "--no-compile", "--target", site, *map(str, wheels)], check=True)
+        subprocess.run([python, "-c", TRY_IMPORTS], check=True,
+                       env={**os.environ, "PYTHONPATH": site})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dest", type=Path, default=Path(".whl"))
     parser.add_argument("--python-version", default="3.12",
                         help="the interpreter the wheels are for (the GPU machine: 3.12)")
+    parser.add_argument("--try-with", metavar="PYTHON",
+                        help="an interpreter of that version to install and import them with")
     args = parser.parse_args()
     args.dest.mkdir(parents=True, exist_ok=True)
     download(args.dest, args.python_version)
@@ -136,6 +168,8 @@ def main() -> None:
         sys.exit("requirements neither carried nor on the GPU machine:\n  " + "\n  ".join(missing))
     print("every requirement is carried or on the GPU machine "
           f"(not imported there: {', '.join(sorted(NOT_IMPORTED))})")
+    if args.try_with:
+        try_wheels(args.try_with, wheels)
 
 
 if __name__ == "__main__":

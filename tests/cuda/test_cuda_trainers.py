@@ -66,8 +66,7 @@ def test_vlpuda_train_on_the_demo_task(device, tmp_path, capsys):
     metrics = json.loads(lines[0])
     assert metrics["epoch"] == 1 and metrics["iteration"] == 30
     assert metrics["target_acc_last"] > 20.0  # 10 digits: chance is 10 %
-    assert 0 < metrics["changed_params"] < 0.9 * metrics["changed_params"] / max(
-        metrics["changed_fraction"], 1e-12)
+    assert 0 < metrics["changed_fraction"] < 0.9  # RST at the preset's tau 1e-5 keeps it sparse
     if device.type == "cuda":
         assert metrics["peak_gpu_memory_gib"] > 0
     capsys.readouterr()
