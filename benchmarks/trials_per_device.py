@@ -10,8 +10,8 @@ measures what that buys without Ray in the way: N processes, each one vlpuda tra
 time. Each process warms up, waits for the others at a barrier, then times its steps. Printed
 per N: the images per second of all N together, that total over the 1-trial figure (the gain
 from sharing the device), and each trial's peak memory (CUDA: reserved by the caching allocator,
-which is what the other trials on the GPU cannot use; CPU: the process's peak RSS). On a CPU
-each process gets cores / N torch threads, as Ray gives each trial its CPUs.
+which is what the other trials on the GPU cannot use; CPU: the process's peak RSS). Each
+process gets cores / N torch threads, as Ray gives each trial its CPUs.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def trial_process(model: str, size: int, batch: int, steps: int, device: str, pr
     torch.set_num_threads(threads)
     for config in TINY_CONFIGS.glob("*.json"):
         open_clip.add_model_config(config)
-    dim = open_clip.create_model(model).visual.output_dim
+    dim = open_clip.get_model_config(model)["embed_dim"]  # without building a second model
     torch_device = torch.device(device)
     run = synthetic_trainer(model, size, batch, steps, precision, dim, torch_device)
     cfg = run.cfg
@@ -71,7 +71,9 @@ def measure(model: str, trials: int, args: argparse.Namespace) -> tuple[float, f
     """Images/s of `trials` concurrent trainers together, and their largest peak memory."""
     context = mp.get_context("spawn")  # CUDA cannot be forked
     barrier, results = context.Barrier(trials), context.Queue()
-    threads = max(1, (os.cpu_count() or 1) // trials) if args.device == "cpu" else 1
+    # Each trial its share of the cores, as Ray gives each trial its CPUs (on a GPU they build
+    # the model and gather batches).
+    threads = max(1, (os.cpu_count() or 1) // trials)
     processes = [context.Process(target=trial_process, args=(
         model, args.image_size, args.batch, args.steps, args.device, args.precision, threads,
         barrier, results)) for _ in range(trials)]

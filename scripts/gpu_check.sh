@@ -36,9 +36,9 @@ STATUS=$OUT/stages.jsonl
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled VLPUDA_CHECK_DEVICE=$DEVICE
 
 if [ "$DEVICE" = cuda ]; then
-    # Limits: 20 + 20 + 140 + 4 x 40 + 2 x 55 + 20 = 470 s at most; about 5 minutes expected.
+    # Limits: 20 + 20 + 140 + 4 x 40 + 2 x 60 + 20 = 480 s at most; about 5 minutes expected.
     MODELS="ViT-B-16 RN50"; SIZE=224; REPEATS=20; STEPS=20; ROUNDS=1
-    LIMIT_SETUP=20; LIMIT_TESTS=140; LIMIT_STEP=40; LIMIT_TRIALS=55
+    LIMIT_SETUP=20; LIMIT_TESTS=140; LIMIT_STEP=40; LIMIT_TRIALS=60
 else  # the dry run: the same commands on the tiny test towers
     MODELS="tiny-vit-test tiny-rn-test"; SIZE=32; REPEATS=2; STEPS=3; ROUNDS=1
     LIMIT_SETUP=300; LIMIT_TESTS=3000; LIMIT_STEP=600; LIMIT_TRIALS=900
