@@ -83,8 +83,11 @@ print("torch", torch.__version__, "| cuda", torch.version.cuda,
       "| device", torch.cuda.get_device_name() if torch.cuda.is_available() else "none")
 if device == "cuda":
     assert torch.cuda.is_available(), "DEVICE=cuda but torch sees no GPU"
-    subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.sm",
-                    "--format=csv"], check=False)
+    try:
+        subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,"
+                        "clocks.sm,clocks.max.sm", "--format=csv"], check=False, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        print("nvidia-smi:", err)
 # Carried packages must come from the wheels folder, vlpuda from this repository.
 for name in ("open_clip", "pydantic", "pydantic_core", "ftfy", "optuna", "vlpuda"):
     module = importlib.import_module(name)
