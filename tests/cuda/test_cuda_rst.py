@@ -54,7 +54,8 @@ def test_fused_sgd_through_flat_buffer_views_matches_foreach_and_cpu(arch, devic
     for grads in fixed_gradients(list(cpu_tower.parameters()), steps):
         for name, tower in towers.items():
             for param, grad in zip(tower.parameters(), grads):
-                param.grad = grad.to(param.device).to(memory_format=torch.preserve_format)
+                # In the parameter's own layout (channels_last too), as autograd gives it.
+                param.grad = torch.empty_like(param).copy_(grad)
             optimisers[name].step()
 
     start = sparsity.weights.data_ptr()
