@@ -2,14 +2,19 @@
 
     python benchmarks/step_time.py                       # CPU: both tiny test architectures
     python benchmarks/step_time.py --models RN50 ViT-B-16 --image-size 224 --device cuda
+    python benchmarks/step_time.py ... --views 2 3         # also FixMatch's third (strong) view
 
 For each model it times
   bare     open_clip image tower forward + backward + SGD step on the same 32 + 32 images
-           (one batch of 64 through a linear classifier: the least work any trainer must do),
+           (one batch of 64 through a linear classifier: the least work any trainer must do;
+           96 with FixMatch's view, `--views 3`),
   trainer  vlpuda's CMKD + RST iteration (two forwards of 32 through the task and CLIP heads,
-           the CMKD terms, SGD Nesterov, the RST reset, data sampling and augmentation),
+           the CMKD terms, SGD Nesterov, the RST reset, data sampling and augmentation; with
+           `--views 3` also the strong view of the target images and the FixMatch terms),
   reset    the RST reset alone,
-and prints bare/trainer (1.0 = no overhead) and the reset's share of a trainer step. Random-init
+and prints bare/trainer (1.0 = no overhead) and the reset's share of a trainer step, one JSON
+line per model (also appended to --jsonl). `trainer_images_per_s` counts the views the tower
+encodes per second (64 per step at 32 + 32, 96 with FixMatch). Random-init
 weights: speed does not depend on the weights. Images are synthetic uint8 arrays in memory.
 
 Model FLOPs utilisation: the matmul and convolution FLOPs of one step, forward and backward, as
@@ -119,28 +124,38 @@ def synthetic_assets(num_classes: int, dim: int, size: int, n: int = 256) -> Tas
 
 
 def synthetic_trainer(model_name: str, size: int, batch: int, iters: int, precision: str,
-                      dim: int, device: torch.device, num_classes: int = 65) -> TaskRun:
-    """vlpuda's trainer (CMKD + RST at tau 1e-6, batch `batch` + `batch`) on synthetic images,
-    random-init weights; `train_epoch` runs `iters` iterations."""
+                      dim: int, device: torch.device, num_classes: int = 65,
+                      fixmatch: bool = False) -> TaskRun:
+    """vlpuda's trainer (CMKD + RST at tau 1e-6, batch `batch` + `batch`, + FixMatch's strong
+    view if asked) on synthetic images, random-init weights; `train_epoch` runs `iters`
+    iterations."""
     cfg, _ = build_config({
         "model": model_name, "pretrained": None, "train_resize": size, "image_size": size,
         "batch_size": batch, "target_batch_size": batch, "iters_per_epoch": iters, "epochs": 1,
         "rst": True, "rst_threshold": 1e-6, "precision": precision, "device": device.type,
+        "fixmatch": fixmatch,
     })
     return TaskRun(cfg, synthetic_assets(num_classes, dim, size), device)
 
 
-def bare_step_fn(model_name: str, size: int, batch: int, num_classes: int, device):
+def bare_step_fn(model_name: str, size: int, images_per_step: int, num_classes: int, device,
+                 precision: str = "fp32"):
+    """The bare step, under the same autocast as the trainer's (fp32 weights either way)."""
     visual = open_clip.create_model(model_name).visual.to(device).train()
-    images = torch.randn(2 * batch, 3, size, size, device=device)
-    labels = torch.randint(0, num_classes, (2 * batch,), device=device)
+    images = torch.randn(images_per_step, 3, size, size, device=device)
+    labels = torch.randint(0, num_classes, (images_per_step,), device=device)
     dim = visual(images[:2]).shape[-1]
     head = torch.nn.Linear(dim, num_classes).to(device)
     params = list(visual.parameters()) + list(head.parameters())
     optimizer = torch.optim.SGD(params, lr=1e-6, momentum=0.9, nesterov=True, weight_decay=5e-4)
 
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16,
+                              enabled=precision == "amp_bf16")
+
     def step():
-        loss = torch.nn.functional.cross_entropy(head(visual(images)), labels)
+        with autocast:
+            logits = head(visual(images))
+        loss = torch.nn.functional.cross_entropy(logits.float(), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -149,14 +164,16 @@ def bare_step_fn(model_name: str, size: int, batch: int, num_classes: int, devic
 
 
 def measure(model_name: str, size: int, batch: int, repeats: int, device, precision: str,
-            peak: float | None) -> dict:
+            peak: float | None, fixmatch: bool = False) -> dict:
     num_classes = 65
+    views = 3 if fixmatch else 2  # source, target (and the target's strong view)
     torch.manual_seed(0)
-    bare, dim = bare_step_fn(model_name, size, batch, num_classes, device)
+    bare, dim = bare_step_fn(model_name, size, views * batch, num_classes, device, precision)
     bare_memory = peak_memory(bare, device)
     # The bare loop's model and optimiser stay allocated: not counted in the trainer's peak.
     resident = torch.cuda.memory_allocated() if device.type == "cuda" else 0
-    run = synthetic_trainer(model_name, size, batch, 1, precision, dim, device, num_classes)
+    run = synthetic_trainer(model_name, size, batch, 1, precision, dim, device, num_classes,
+                            fixmatch)
     bare_seconds, trainer_seconds, reset_seconds = timed_alternating(
         [bare, run.train_epoch, run.sparsity.reset_], repeats, device)
     trainer_memory = peak_memory(run.train_epoch, device) - resident
@@ -165,11 +182,12 @@ def measure(model_name: str, size: int, batch: int, repeats: int, device, precis
     bare_tflops = bare_flops / bare_seconds / 1e12
     trainer_tflops = trainer_flops / trainer_seconds / 1e12
     return {
-        "model": model_name, "image_size": size, "batch": f"{batch}+{batch}",
+        "model": model_name, "image_size": size, "precision": precision,
+        "batch": f"{batch}+{batch}" + (f"+{batch} (FixMatch)" if fixmatch else ""),
         "bare_ms": 1000 * bare_seconds, "trainer_ms": 1000 * trainer_seconds,
         "bare_over_trainer": bare_seconds / trainer_seconds,
         "rst_reset_share": reset_seconds / trainer_seconds,
-        "trainer_images_per_s": 2 * batch / trainer_seconds,
+        "trainer_images_per_s": views * batch / trainer_seconds,
         "bare_peak_gib": bare_memory / 2**30, "trainer_peak_gib": trainer_memory / 2**30,
         "trainer_gflop_per_step": trainer_flops / 1e9,
         "bare_tflop_per_s": bare_tflops, "trainer_tflop_per_s": trainer_tflops,
@@ -186,6 +204,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "amp_bf16"])
+    parser.add_argument("--views", nargs="+", type=int, choices=[2, 3], default=[2],
+                        help="views per step: 2 (source, target), 3 (+ FixMatch's strong view "
+                        "of the target); several: one row each")
+    parser.add_argument("--jsonl", type=Path, help="also append each row to this file")
     parser.add_argument("--peak-tflops", type=float,
                         help="the device's dense peak TFLOP/s at this precision, for MFU "
                         "(default: the table for known GPUs; none on a CPU)")
@@ -198,10 +220,16 @@ def main() -> None:
     peak = peak_tflops(device, args.precision, args.peak_tflops)
     print(f"# {machine}; torch {torch.__version__}; precision {args.precision}; "
           f"peak {peak if peak else 'unknown'} TFLOP/s")
-    for name in args.models:
+    for name, views in [(name, views) for name in args.models for views in args.views]:
         row = measure(name, args.image_size, args.batch, args.repeats, device, args.precision,
-                      peak)
-        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}))
+                      peak, fixmatch=views == 3)
+        line = json.dumps({"machine": machine, "torch": torch.__version__,
+                           **{k: round(v, 4) if isinstance(v, float) else v
+                              for k, v in row.items()}})
+        print(line, flush=True)
+        if args.jsonl:
+            with open(args.jsonl, "a") as handle:
+                handle.write(line + "\n")
 
 
 if __name__ == "__main__":

@@ -10,16 +10,18 @@ measures what that buys without Ray in the way: N processes, each one vlpuda tra
 time. Each process warms up, waits for the others at a barrier, then times its steps. Printed
 per N: the images per second of all N together, that total over the 1-trial figure (the gain
 from sharing the device), and each trial's peak memory (CUDA: reserved by the caching allocator,
-which is what the other trials on the GPU cannot use; CPU: the process's peak RSS). On a CPU
-each process gets cores / N torch threads, as Ray gives each trial its CPUs.
+which is what the other trials on the GPU cannot use; CPU: the process's peak RSS). Each
+process gets cores / N torch threads, as Ray gives each trial its CPUs.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import os
 import platform
+import queue
 import resource
 import statistics
 import sys
@@ -42,7 +44,7 @@ def trial_process(model: str, size: int, batch: int, steps: int, device: str, pr
     torch.set_num_threads(threads)
     for config in TINY_CONFIGS.glob("*.json"):
         open_clip.add_model_config(config)
-    dim = open_clip.create_model(model).visual.output_dim
+    dim = open_clip.get_model_config(model)["embed_dim"]  # without building a second model
     torch_device = torch.device(device)
     run = synthetic_trainer(model, size, batch, steps, precision, dim, torch_device)
     cfg = run.cfg
@@ -69,13 +71,27 @@ def measure(model: str, trials: int, args: argparse.Namespace) -> tuple[float, f
     """Images/s of `trials` concurrent trainers together, and their largest peak memory."""
     context = mp.get_context("spawn")  # CUDA cannot be forked
     barrier, results = context.Barrier(trials), context.Queue()
-    threads = max(1, (os.cpu_count() or 1) // trials) if args.device == "cpu" else 1
+    # Each trial its share of the cores, as Ray gives each trial its CPUs (on a GPU they build
+    # the model and gather batches).
+    threads = max(1, (os.cpu_count() or 1) // trials)
     processes = [context.Process(target=trial_process, args=(
         model, args.image_size, args.batch, args.steps, args.device, args.precision, threads,
         barrier, results)) for _ in range(trials)]
     for process in processes:
         process.start()
-    outcomes = [results.get(timeout=1800) for _ in processes]
+    outcomes = []
+    while len(outcomes) < trials:
+        try:
+            outcomes.append(results.get(timeout=5))
+        except queue.Empty:
+            # A trial that died (out of memory, a CUDA error) would leave the others waiting
+            # at the barrier, and this loop waiting for ever.
+            failed = [p.exitcode for p in processes if p.exitcode not in (None, 0)]
+            if failed:
+                for process in processes:
+                    process.kill()
+                raise RuntimeError(f"{len(failed)} of {trials} trial processes failed "
+                                   f"(exit codes {failed}); their error is printed above")
     for process in processes:
         process.join()
     return sum(rate for rate, _ in outcomes), max(peak for _, peak in outcomes)
@@ -91,6 +107,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="repeats of every N, alternating")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--precision", default="fp32", choices=["fp32", "amp_bf16"])
+    parser.add_argument("--jsonl", type=Path, help="also append each row to this file")
     args = parser.parse_args()
 
     if args.device == "cuda":
@@ -113,7 +130,15 @@ def main() -> None:
             total = statistics.median(rates[n])
             print(f"{model:>14}  {n} trial(s) per device: {total:8.1f} images/s together, "
                   f"{total / single:4.2f}x of {args.trials[0]}, peak memory per trial "
-                  f"{peaks[n] / 2**30:.2f} GiB")
+                  f"{peaks[n] / 2**30:.2f} GiB", flush=True)
+            if args.jsonl:
+                row = {"machine": machine, "model": model, "image_size": args.image_size,
+                       "precision": args.precision, "batch": f"{args.batch}+{args.batch}",
+                       "steps": args.steps, "rounds": args.rounds, "trials": n,
+                       "images_per_s": round(total, 1), "over_first": round(total / single, 3),
+                       "peak_gib_per_trial": round(peaks[n] / 2**30, 3)}
+                with open(args.jsonl, "a") as handle:
+                    handle.write(json.dumps(row) + "\n")
 
 
 if __name__ == "__main__":
