@@ -260,12 +260,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             label = method + (f" + ladder {steps}" if steps else "")
             cells = ""
             for name in ("hv", "compute", "c95", "c99", "sparse"):
-                column = [v[name] for v in values]
-                if any(c is None for c in column):
-                    reached = sum(c is not None for c in column)
-                    cells += f"{f'reached {reached}/{len(column)}':>22}"
-                    continue
-                cells += f"{np.median(column):>8.3f} [{min(column):.2f}, {max(column):.2f}]"
+                # Never reaching the level counts as infinite compute (a censored value).
+                column = [math.inf if v[name] is None else v[name] for v in values]
+                median = float(np.median(column))
+                text = "never" if math.isinf(median) else f"{median:.3f}"
+                cells += f"{text:>8} [{min(column):.2f}, {max(column):.2f}]"
             pruned = np.median([v["pruned"] for v in values])
             print(f"  {label:<18}{cells}{pruned:>8.2f}")
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
