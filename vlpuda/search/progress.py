@@ -79,6 +79,9 @@ class ProgressLines(Callback):
         if state == TrialState.COMPLETE:
             what = (f"complete: target_acc {result['target_acc']:.2f} "
                     f"stored_params {int(result['stored_params']):,}")
+            if result.get("ladder_share") is not None:  # its sparsity ladder's cost
+                what += (f"; sparsity ladder {result.get('ladder_seconds', 0):.1f} s, "
+                         f"{100 * result['ladder_share']:.1f} % of the trial")
         elif reason == "early_stopping":
             entry = getattr(self.scheduler, "stop_log", {}).get(trial.trial_id)
             what = (f"stopped early after epoch {result.get('epoch')}/{self.epochs}"
