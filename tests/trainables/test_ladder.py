@@ -32,3 +32,41 @@ def test_ladder_metrics_round_trip():
     flat = ladder_metrics(points)
     assert flat["ladder_2/target_acc"] == 80.0 and flat["ladder_4/stored_params"] == 70
     assert parse_ladder({**flat, "target_acc": 90.0, "epoch": 3}) == points
+
+
+def test_ladder_cuts_are_real_deltas_that_reproduce_their_scores(tmp_path):
+    """After the last epoch the loop scores nested cuts of the best delta; each is written
+    beside it, and that file alone (a fresh base model + the cut) gives the accuracy and stored
+    parameters reported."""
+    import shutil
+
+    from helpers import tiny_train_overrides, write_local_dir_model, write_tiny_domains
+    from vlpuda.config import build_config
+    from vlpuda.trainables.loop import evaluate_delta, train
+    from vlpuda.trainables.rst import load_delta
+
+    data = write_tiny_domains(tmp_path / "data")
+    model = write_local_dir_model(tmp_path / "model", "tiny-rn-test")
+    cfg, _ = build_config({**tiny_train_overrides(data, model, tmp_path / "run"),
+                           "rst": True, "rst_threshold": 1e-4})
+    cuts, seen = tmp_path / "cuts", []
+    cuts.mkdir()
+
+    def reporter(metrics, directory):
+        names = sorted(p.name for p in directory.glob("ladder_*.safetensors"))
+        for name in names:  # the loop deletes the directory once this returns
+            shutil.copy(directory / name, cuts / f"{metrics['epoch']}_{name}")
+        seen.append((metrics, names))
+
+    train(cfg, reporter=reporter, ladder=2)
+    (first, first_names), (last, names) = seen
+    assert not any(k.startswith("ladder") for k in first) and first_names == []
+    assert names == ["ladder_2.safetensors", "ladder_4.safetensors"]
+    points = parse_ladder(last)
+    assert [p["fraction"] for p in points] == [0.5, 0.25]
+    assert 0 < last["ladder_share"] < 1 and last["ladder_seconds"] > 0
+    assert points[1]["changed_params"] == points[0]["changed_params"] // 2
+    for point, name in zip(points, names):
+        scores = evaluate_delta(cfg, load_delta(cuts / f"2_{name}"))
+        assert scores["target_acc_last"] == point["target_acc"]
+        assert scores["stored_params"] == point["stored_params"]
