@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from vlpuda.config import TrainConfig, build_config, path_problems
 from vlpuda.errors import ConfigError
+from vlpuda.search.stopping_settings import EarlyStopping, describe_stopping
 from vlpuda.spaces import SearchSpace, build_space
 
 SEARCH_KEY = "search"
@@ -45,31 +46,6 @@ MANIFEST = "search.json"
 NOT_IN_FINGERPRINT = {"src", "tgt", "data_dir", "cache_dir", "image_cache_dir", "out_dir",
                       "device", "eval_batch_size"}
 DEFAULT_SPACE = "cmkd_rst"
-
-
-class EarlyStopping(BaseModel):
-    """MOASHA (Pareto rank over both objectives) or ASHA (first objective only). Trials either
-    stops are PRUNED in the study and never reach the front."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    method: Literal["moasha", "asha", "none"] | None = None
-    asha: bool = False  # the older spelling of method: asha
-    # Epochs every trial runs before ASHA may stop it; default: a quarter of the budget. Less is
-    # refused: the ramp and the sparsity reset make early accuracy a poor predictor.
-    grace_period: int | None = Field(None, gt=0)
-    reduction_factor: float = Field(3.0, gt=1)
-
-    @property
-    def effective_method(self) -> str:
-        """The method that runs: as named; `asha: true` is asha; a section that sets a grace
-        period or reduction factor without naming a method turns on the default, moasha."""
-        if self.method is not None:
-            return self.method
-        if self.asha:
-            return "asha"
-        return "moasha" if self.model_fields_set & {"grace_period", "reduction_factor"} \
-            else "none"
 
 
 class SearchSettings(BaseModel):
@@ -393,7 +369,7 @@ def describe_plan(plan: SearchPlan) -> list[str]:
     """A few lines saying what the search will do, for the CLI."""
     s = plan.settings
     tasks = ", ".join(f"{t.src} -> {t.tgt}" for t in plan.tasks)
-    stopping = describe_stopping(s.early_stopping, plan.grace_period, plan.epochs)
+    stopping = describe_stopping(s.early_stopping, plan.grace_period, plan.epochs, METRICS)
     if s.stored_params_budget:
         stopping += f"; stop above {s.stored_params_budget:,} stored parameters"
     return [
@@ -412,16 +388,3 @@ def describe_plan(plan: SearchPlan) -> list[str]:
         *[f"    {line}" for line in plan.space.describe()],
     ]
 
-
-def describe_stopping(stopping: EarlyStopping, grace: int, epochs: int) -> str:
-    """Which scheduler runs, on what, and why that one (for the start-up line and MLflow)."""
-    method = stopping.effective_method
-    if method == "none":
-        return "none (every trial runs all epochs)"
-    why = ("search.early_stopping.method" if stopping.method else
-           "early_stopping.asha: true" if stopping.asha else
-           "the default once early stopping is configured")
-    rungs = f"grace {grace} of {epochs} epochs, top 1/{stopping.reduction_factor:g} continue"
-    if method == "asha":
-        return f"ASHA on {METRICS[0]} alone ({rungs}; chosen by {why})"
-    return (f"MOASHA, Pareto rank over {' and '.join(METRICS)} ({rungs}; chosen by {why})")

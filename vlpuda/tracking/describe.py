@@ -110,12 +110,13 @@ def parent_params(plan: SearchPlan) -> dict[str, str]:
     params["search.tasks"] = ",".join(f"{t.src}->{t.tgt}" for t in plan.tasks)
     params["search.epochs"] = str(plan.epochs)
     # Which scheduler ran (asha: true and the moasha default resolved) and on what.
-    from vlpuda.search.settings import describe_stopping
+    from vlpuda.search.settings import METRICS
+    from vlpuda.search.stopping_settings import describe_stopping
 
     stopping = plan.settings.early_stopping
     params["search.scheduler"] = stopping.effective_method
     params["search.scheduler_detail"] = describe_stopping(stopping, plan.grace_period,
-                                                          plan.epochs)[:500]
+                                                          plan.epochs, METRICS)[:500]
     params.update(flat_params(_space_params(plan)))
     return params
 

@@ -29,7 +29,14 @@ import optuna
 from mlflow.entities import Metric, Run
 from optuna.trial import FrozenTrial, TrialState
 
-from vlpuda.search.front import Front, complete_trials, front_columns, front_of, front_rows
+from vlpuda.search.front import (
+    Front,
+    complete_trials,
+    front_columns,
+    front_of,
+    front_rows,
+    ladder_candidates,
+)
 from vlpuda.search.pareto import default_reference, hypervolume_2d, non_dominated_ranks
 from vlpuda.search.settings import METRICS, MODES
 from vlpuda.search.study import STOP_DETAIL, STOP_REASON, TUNE_TRIAL_ID
@@ -86,6 +93,8 @@ def hypervolume_steps(finished: list[FrozenTrial], reference: tuple[float, ...] 
     for k, trial in enumerate(finished, start=1):
         if trial.state == TrialState.COMPLETE and trial.values is not None:
             complete.append(trial.values)
+            # Its sparsity-ladder points count as the front counts them (search.front).
+            complete += [[p[m] for m in METRICS] for _, p in ladder_candidates([trial])]
             value = hypervolume_2d(np.array(complete), MODES, reference) if reference else 0.0
         steps.append(Metric(HYPERVOLUME, float(value), _millis(trial), k))
     return steps
