@@ -169,3 +169,34 @@ def test_a_ray_running_on_this_machine_is_found_and_a_dead_ones_record_ignored(t
     assert running_cluster_address(timeout=0.5) is None  # the port closed: a dead Ray's record
     record.write_text("garbage")
     assert running_cluster_address() is None
+
+
+def test_early_stopping_method_alias_default_and_conflict(preset, tmp_path, capsys):
+    from vlpuda.search.moasha import LoggedASHA, MOASHAScheduler
+    from vlpuda.search.stopping import make_scheduler
+
+    def plan(stopping):
+        return build_plan(preset, {"epochs": 8}, {"early_stopping": stopping})
+
+    assert plan({}).settings.early_stopping.effective_method == "none"
+    # Configuring early stopping without naming a method turns on MOASHA.
+    moasha = plan({"grace_period": 2})
+    assert moasha.settings.early_stopping.effective_method == "moasha"
+    scheduler = make_scheduler(moasha)
+    assert isinstance(scheduler, MOASHAScheduler)
+    assert (scheduler.metrics, scheduler.levels) == (("target_acc", "stored_params"), [2, 6])
+    assert isinstance(make_scheduler(plan({"asha": True})), LoggedASHA)  # the old spelling
+    assert isinstance(make_scheduler(plan({"method": "asha"})), LoggedASHA)
+    assert plan({"method": "none", "grace_period": 1}).settings.early_stopping.\
+        effective_method == "none"  # an unused grace period is not checked
+    with pytest.raises(ConfigError, match="asha: true means method: asha"):
+        plan({"asha": True, "method": "moasha"})
+    with pytest.raises(ConfigError, match="search.early_stopping.method"):
+        plan({"method": "hyperband"})
+    config = write_preset(tmp_path / "ok.yaml", preset)
+    assert main(["validate", "--config", str(config), "epochs=8",
+                 "search.early_stopping.grace_period=2", "search.sparsity_ladder=0"]) == 0
+    out = capsys.readouterr().out
+    assert "MOASHA, Pareto rank over target_acc and stored_params (grace 2 of 8 epochs" in out
+    assert "the default once early stopping is configured" in out
+    assert "sparsity ladder: off" in out

@@ -60,4 +60,6 @@ def test_asha_and_budget_stops_are_pruned_and_off_the_front(ray_session, tiny_as
 
     assert [t.number for t in study.best_trials] == [learns.number]
     assert printed_front(out) == [learns.number]
-    assert "stopped early by ASHA" in out and "exceed the budget" in out
+    assert "stopped early after epoch 1/4: asha rung 1: 2nd of 2 by target_acc" in out
+    assert "exceed the budget" in out
+    assert frozen.user_attrs["stopped_at"].startswith("asha rung 1: 2nd of 2")

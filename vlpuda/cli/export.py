@@ -21,13 +21,16 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--tracking-uri",
                         help="the search's tracking URI, or its run dir (default: "
                         "MLFLOW_TRACKING_URI)")
+    parser.add_argument("--ladder", type=int, metavar="D",
+                        help="export the trial's sparsity-ladder point keeping 1/D of its changed "
+                        "weights (the front's fraction column: 2, 4, 8, ...) instead of its delta")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from vlpuda.tracking.export import export_delta
 
-    exported = export_delta(args.run_id, args.out, args.tracking_uri)
+    exported = export_delta(args.run_id, args.out, args.tracking_uri, args.ladder)
     reported = ""
     if exported.target_acc is not None:
         reported = f" (the trial reported target_acc {exported.target_acc:.2f}"

@@ -284,7 +284,8 @@ def make_trainable(plan: SearchPlan, tasks: tuple[dict[str, Any], ...], refs: li
     s = plan.settings
     setup = TrialSetup(tasks=tasks, num_workers=s.workers_per_trial,
                        cpus_per_worker=s.cpus_per_worker, gpus_per_trial=s.gpus_per_trial,
-                       worker_resources=s.worker_resources, storage_path=plan.ray_path("train"))
+                       worker_resources=s.worker_resources, storage_path=plan.ray_path("train"),
+                       sparsity_ladder=s.sparsity_ladder)
     trainable = ray.tune.with_parameters(run_trial, setup=setup, assets=refs)
     # Where the trial's driver runs (its Train workers get their own placement group).
     return ray.tune.with_resources(trainable, driver_resources(s, ray.cluster_resources()))
@@ -322,16 +323,21 @@ def make_tuner(plan: SearchPlan, trainable, searcher, concurrency: int, experime
                callbacks: tuple = ()):
     import ray.tune
 
+    from vlpuda.search.moasha import MOASHAScheduler, SchedulerState
     from vlpuda.search.progress import ProgressLines
     from vlpuda.search.stopping import StoredParamsBudget, make_scheduler
 
     s = plan.settings
     budget = s.stored_params_budget
+    scheduler = make_scheduler(plan)
+    searcher.stop_log_of(scheduler)  # so each pruned trial records the rung that stopped it
+    # Ray never saves a scheduler with the experiment: this callback carries MOASHA's rungs.
+    state = [SchedulerState(scheduler)] if isinstance(scheduler, MOASHAScheduler) else []
     return ray.tune.Tuner(
         trainable,
         tune_config=ray.tune.TuneConfig(
             search_alg=searcher,  # metric/mode lists live in the searcher: TuneConfig takes one
-            scheduler=make_scheduler(plan),
+            scheduler=scheduler,
             num_samples=s.num_samples,
             max_concurrent_trials=concurrency,
         ),
@@ -340,7 +346,7 @@ def make_tuner(plan: SearchPlan, trainable, searcher, concurrency: int, experime
             storage_path=plan.ray_storage,
             stop=StoredParamsBudget(budget) if budget else None,
             callbacks=[ProgressLines(tuple(d.name for d in plan.space.searched), plan.epochs,
-                                     s.num_samples, budget), *callbacks],
+                                     s.num_samples, budget, scheduler), *state, *callbacks],
             failure_config=ray.tune.FailureConfig(max_failures=s.max_failures),
             verbose=0,  # ProgressLines prints one line per event instead of Tune's tables
         ),

@@ -2,7 +2,10 @@
 
 Only COMPLETE trials count: trials stopped early or over the storage budget are PRUNED (see
 searcher.py), so every point on the front ran the full budget. The front is computed with
-vlpuda.search.pareto and is the same set of trials as Optuna's `study.best_trials`.
+vlpuda.search.pareto and is the same set of trials as Optuna's `study.best_trials`. Sparsity-
+ladder points (a complete trial's delta cut to a fraction of its changed weights, user attribute
+`ladder`) that no trial or other ladder point dominates are added as derived points of their
+parent trial, listed after the trials; the hypervolume is that of trials and ladder points.
 """
 
 from __future__ import annotations
@@ -19,11 +22,12 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from vlpuda.search.pareto import default_reference, hypervolume_2d, pareto_front_mask
-from vlpuda.search.study import STOP_REASON, TUNE_TRIAL_ID
+from vlpuda.search.study import LADDER, STOP_DETAIL, STOP_REASON, TUNE_TRIAL_ID
 from vlpuda.search.settings import METRICS, MODES
 
 FRONT_CSV = "front.csv"
 FRONT_JSON = "front.json"
+LADDER_COLUMNS = ("parent_trial", "fraction")
 
 
 @dataclass
@@ -35,10 +39,18 @@ class Front:
     reference: tuple[float, ...] | None
     states: Counter = field(default_factory=Counter)  # trial counts by state name
     param_names: list[str] = field(default_factory=list)
+    # Sparsity-ladder points on the front: (parent trial, its ladder point), best accuracy first.
+    derived: list[tuple[FrozenTrial, dict[str, Any]]] = field(default_factory=list)
 
     @property
     def numbers(self) -> list[int]:
         return [t.number for t in self.trials]
+
+
+def ladder_candidates(complete: list[FrozenTrial]) -> list[tuple[FrozenTrial, dict[str, Any]]]:
+    """Every complete trial's ladder points that carry both objectives."""
+    return [(t, point) for t in complete for point in t.user_attrs.get(LADDER) or []
+            if all(isinstance(point.get(m), (int, float)) for m in METRICS)]
 
 
 def complete_trials(trials: list[FrozenTrial]) -> list[FrozenTrial]:
@@ -58,12 +70,20 @@ def front_of(trials: list[FrozenTrial]) -> Front:
         return Front([], 0.0, None, states)
     values = np.array([t.values for t in complete], dtype=float)
     mask = pareto_front_mask(values, MODES)
-    reference = default_reference(values, MODES)
     on_front = [t for t, keep in zip(complete, mask) if keep]
     on_front.sort(key=lambda t: (-t.values[0], t.values[1]))
-    hypervolume = hypervolume_2d(values[mask], MODES, reference)
+    # Ladder points join as derived points where nothing (trial or ladder point) dominates
+    # them; the trials' own front stays Optuna's best_trials, as MLflow's pareto tags say.
+    derived = ladder_candidates(complete)
+    every = np.vstack([values, [[p[m] for m in METRICS] for _, p in derived]]) \
+        if derived else values
+    every_mask = pareto_front_mask(every, MODES)
+    derived_on = [d for d, keep in zip(derived, every_mask[len(complete):]) if keep]
+    derived_on.sort(key=lambda d: (-d[1][METRICS[0]], d[1][METRICS[1]]))
+    reference = default_reference(every, MODES)
+    hypervolume = hypervolume_2d(every[every_mask], MODES, reference)
     names = sorted({name for t in complete for name in t.params})
-    return Front(on_front, hypervolume, reference, states, names)
+    return Front(on_front, hypervolume, reference, states, names, derived_on)
 
 
 def front_rows(front: Front) -> list[dict[str, Any]]:
@@ -80,7 +100,26 @@ def front_rows(front: Front) -> list[dict[str, Any]]:
             TUNE_TRIAL_ID: t.user_attrs.get(TUNE_TRIAL_ID),
             "checkpoint_path": t.user_attrs.get("checkpoint_path"),
         })
-    return rows
+    if not front.derived:
+        return rows
+    # A ladder point is its parent trial's delta cut to `fraction` of its changed weights.
+    rows = [{**row, **dict.fromkeys(LADDER_COLUMNS)} for row in rows]
+    for t, point in front.derived:
+        rows.append({
+            "trial": None, METRICS[0]: point[METRICS[0]], METRICS[1]: int(point[METRICS[1]]),
+            "target_acc_last": point.get("target_acc_last"),
+            **{name: t.params.get(name) for name in front.param_names},
+            TUNE_TRIAL_ID: t.user_attrs.get(TUNE_TRIAL_ID),
+            "checkpoint_path": t.user_attrs.get("checkpoint_path"),
+            "parent_trial": t.number, "fraction": point["fraction"],
+        })
+    return rows  # trials first (as Optuna's best_trials), then their ladder points
+
+
+def front_columns(front: Front) -> list[str]:
+    """The printed columns: ladder columns only when the front holds ladder points."""
+    return ["trial", *(LADDER_COLUMNS if front.derived else ()), *METRICS, "target_acc_last",
+            "target_acc_class_mean", *front.param_names]
 
 
 def _cell(value: Any) -> str:
@@ -107,12 +146,13 @@ def format_front(front: Front, title: str = "Pareto front") -> str:
     """The front as printed at the end of a search and by `vlpuda pareto`."""
     counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(front.states.items()))
     lines = [f"{title}: {len(front.trials)} non-dominated of "
-             f"{front.states.get('COMPLETE', 0)} complete trials ({counts or 'no trials'})"]
+             f"{front.states.get('COMPLETE', 0)} complete trials ({counts or 'no trials'})"
+             + (f", then {len(front.derived)} sparsity-ladder point(s) (parent_trial's delta "
+                "cut to fraction of its changed weights)" if front.derived else "")]
     if not front.trials:
         lines.append("  no complete trial yet: nothing to show")
         return "\n".join(lines)
-    columns = ["trial", *METRICS, "target_acc_last", "target_acc_class_mean", *front.param_names]
-    lines += ["  " + line for line in format_table(front_rows(front), columns)]
+    lines += ["  " + line for line in format_table(front_rows(front), front_columns(front))]
     ref = front.reference or (0.0, 0.0)
     lines.append(f"  hypervolume {front.hypervolume:.6g} (reference: target_acc {ref[0]:g}, "
                  f"stored_params {ref[1]:,.0f}); target_acc is the best epoch's accuracy "
@@ -130,7 +170,8 @@ def trial_table(study: optuna.Study) -> str:
         values = t.values or [None, None]
         rows.append({"trial": t.number, "state": t.state.name, METRICS[0]: values[0],
                      METRICS[1]: None if values[1] is None else int(values[1]),
-                     "epoch": t.user_attrs.get("epoch"), "why": t.user_attrs.get(STOP_REASON),
+                     "epoch": t.user_attrs.get("epoch"),
+                     "why": t.user_attrs.get(STOP_DETAIL) or t.user_attrs.get(STOP_REASON),
                      **{n: t.params.get(n) for n in names}})
     columns = ["trial", "state", *METRICS, "epoch", "why", *names]
     return "\n".join(format_table(rows, columns))

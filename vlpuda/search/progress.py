@@ -14,6 +14,7 @@ from typing import Any
 from optuna.trial import TrialState
 from ray.tune import Callback
 
+from vlpuda.search.moasha import stop_reason
 from vlpuda.search.study import trial_outcome
 
 
@@ -38,12 +39,14 @@ class ProgressLines(Callback):
         epochs: the full length of a trial.
         num_samples: trials planned in this run.
         budget: the stored-parameter budget, if any (to say why a trial was stopped).
+        scheduler: the search's scheduler; its stop_log (MOASHA, ASHA) says at which rung.
     """
 
     def __init__(self, searched: tuple[str, ...], epochs: int, num_samples: int,
-                 budget: int | None = None) -> None:
+                 budget: int | None = None, scheduler: Any = None) -> None:
         self.searched, self.epochs, self.num_samples, self.budget = (
             searched, epochs, num_samples, budget)
+        self.scheduler = scheduler
         self.started = time.monotonic()
 
     def setup(self, **info: Any) -> None:
@@ -76,9 +79,13 @@ class ProgressLines(Callback):
         if state == TrialState.COMPLETE:
             what = (f"complete: target_acc {result['target_acc']:.2f} "
                     f"stored_params {int(result['stored_params']):,}")
+            if result.get("ladder_share") is not None:  # its sparsity ladder's cost
+                what += (f"; sparsity ladder {result.get('ladder_seconds', 0):.1f} s, "
+                         f"{100 * result['ladder_share']:.1f} % of the trial")
         elif reason == "early_stopping":
-            what = (f"stopped early by ASHA after epoch {result.get('epoch')}/{self.epochs} "
-                    "(pruned)")
+            entry = getattr(self.scheduler, "stop_log", {}).get(trial.trial_id)
+            what = (f"stopped early after epoch {result.get('epoch')}/{self.epochs}"
+                    f"{': ' + detail if (detail := stop_reason(entry)) else ''} (pruned)")
         elif reason == "stored_params_budget":
             what = (f"stopped: {int(result['stored_params']):,} stored parameters exceed the "
                     f"budget of {self.budget:,} (pruned)")

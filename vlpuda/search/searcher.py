@@ -21,15 +21,19 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
+from vlpuda.search.moasha import stop_reason
 from vlpuda.search.settings import METRICS, MODES
 from vlpuda.search.study import (
     EXPERIMENT,
     KEPT_METRICS,
+    LADDER,
+    STOP_DETAIL,
     STOP_REASON,
     TUNE_TRIAL_ID,
     fail_running_trials,
     trial_outcome,
 )
+from vlpuda.trainables.ladder import parse_ladder
 from vlpuda.trainables.prune import prune_training_state
 
 logger = logging.getLogger(__name__)
@@ -53,6 +57,20 @@ class ParetoOptunaSearch(OptunaSearch):
         self._experiment = experiment
         self._budget = stored_params_budget
         self.orphans_failed: list[int] = []
+        self._scheduler = None  # read for its stop_log; never pickled with this searcher
+
+    def stop_log_of(self, scheduler) -> None:
+        """Record, on each trial the scheduler stops, the rung and rank that stopped it."""
+        self._scheduler = scheduler
+
+    def save(self, checkpoint_path: str) -> None:
+        # The scheduler travels in its own state (moasha.SchedulerState); restore() updates
+        # __dict__, so leaving the key out keeps the live link of the restored Tuner.
+        link = self.__dict__.pop("_scheduler", None)
+        try:
+            super().save(checkpoint_path)
+        finally:
+            self._scheduler = link
 
     def suggest(self, trial_id: str) -> dict | None:
         config = super().suggest(trial_id)
@@ -76,13 +94,17 @@ class ParetoOptunaSearch(OptunaSearch):
         values = [float(result[m]) for m in METRICS] if state == TrialState.COMPLETE else None
         return state, reason, values
 
-    @staticmethod
-    def _attrs(trial_id: str, result: dict | None, state: TrialState, reason: str
+    def _attrs(self, trial_id: str, result: dict | None, state: TrialState, reason: str
                ) -> dict[str, Any]:
         attrs: dict[str, Any] = {TUNE_TRIAL_ID: trial_id}
         if state != TrialState.COMPLETE:
             attrs[STOP_REASON] = reason
+        log = getattr(self._scheduler, "stop_log", {})
+        if state == TrialState.PRUNED and (detail := stop_reason(log.get(trial_id))):
+            attrs[STOP_DETAIL] = detail
         attrs.update({k: result[k] for k in KEPT_METRICS if result and result.get(k) is not None})
+        if state == TrialState.COMPLETE and (ladder := parse_ladder(result or {})):
+            attrs[LADDER] = ladder  # derived front points: never told to Optuna as trials
         return attrs
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,

@@ -14,7 +14,8 @@ collected and one ConfigError lists them all, each naming its key (`search.num_s
       gpus_per_trial: 0.5             # shared by a trial's workers; fractions share a GPU
       worker_resources: {"accelerator_type:A10G": 0.01}   # custom resources per worker
       driver_resources: null          # 1 CPU; 0.25 CPU + 0.01 TRAIN_DRIVER where the cluster has it
-      early_stopping: {asha: true, grace_period: 5}
+      early_stopping: {method: moasha, grace_period: 5}   # moasha | asha | none
+      sparsity_ladder: 3              # per complete trial: its delta cut to 1/2, 1/4, 1/8
       stored_params_budget: 2.0e+6    # stop (and prune) trials that store more
       tasks: [[Art, Clipart], [Product, Clipart]]
 """
@@ -31,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from vlpuda.config import TrainConfig, build_config, path_problems
 from vlpuda.errors import ConfigError
+from vlpuda.search.stopping_settings import EarlyStopping, describe_stopping
 from vlpuda.spaces import SearchSpace, build_space
 
 SEARCH_KEY = "search"
@@ -44,18 +46,6 @@ MANIFEST = "search.json"
 NOT_IN_FINGERPRINT = {"src", "tgt", "data_dir", "cache_dir", "image_cache_dir", "out_dir",
                       "device", "eval_batch_size"}
 DEFAULT_SPACE = "cmkd_rst"
-
-
-class EarlyStopping(BaseModel):
-    """ASHA on target_acc. Trials it stops are PRUNED in the study and never reach the front."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    asha: bool = False
-    # Epochs every trial runs before ASHA may stop it; default: a quarter of the budget. Less is
-    # refused: the ramp and the sparsity reset make early accuracy a poor predictor.
-    grace_period: int | None = Field(None, gt=0)
-    reduction_factor: float = Field(3.0, gt=1)
 
 
 class SearchSettings(BaseModel):
@@ -81,6 +71,9 @@ class SearchSettings(BaseModel):
     max_concurrent_trials: int | None = Field(None, gt=0)
     max_failures: int = Field(1, ge=0)  # retries per trial; a retry resumes from its checkpoint
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
+    # Nested truncations of each complete trial's delta (1/2 .. 1/2^n of its changed weights),
+    # scored as extra front points; 0 switches them off.
+    sparsity_ladder: int = Field(3, ge=0, le=16)
     stored_params_budget: int | None = Field(None, gt=0)
     tasks: list[tuple[str, str]] | None = None
     storage: str | None = None  # Optuna storage URL; default sqlite:///<run_dir>/optuna.db
@@ -243,7 +236,10 @@ def _resource_problems(settings: SearchSettings, tasks: list[TrainConfig]) -> li
 
 def _early_stopping_problems(settings: SearchSettings, epochs: int) -> list[str]:
     stopping = settings.early_stopping
-    if not stopping.asha or stopping.grace_period is None:
+    if stopping.asha and stopping.method not in (None, "asha"):
+        return [f"{SEARCH_KEY}.early_stopping: asha: true means method: asha, but method is "
+                f"{stopping.method!r}; drop asha (or set method: asha)"]
+    if stopping.effective_method == "none" or stopping.grace_period is None:
         return []
     key, least = f"{SEARCH_KEY}.early_stopping.grace_period", min_grace_period(epochs)
     if stopping.grace_period < least:
@@ -252,7 +248,7 @@ def _early_stopping_problems(settings: SearchSettings, epochs: int) -> list[str]
                 f"little about the final one: use at least {least}"]
     if stopping.grace_period > epochs:
         return [f"{key}: {stopping.grace_period} exceeds epochs={epochs}; nothing could be "
-                "stopped early (set early_stopping.asha: false instead)"]
+                "stopped early (set early_stopping.method: none instead)"]
     return []
 
 
@@ -373,8 +369,7 @@ def describe_plan(plan: SearchPlan) -> list[str]:
     """A few lines saying what the search will do, for the CLI."""
     s = plan.settings
     tasks = ", ".join(f"{t.src} -> {t.tgt}" for t in plan.tasks)
-    stopping = (f"ASHA on target_acc (grace {plan.grace_period} of {plan.epochs} epochs)"
-                if s.early_stopping.asha else "none (every trial runs all epochs)")
+    stopping = describe_stopping(s.early_stopping, plan.grace_period, plan.epochs, METRICS)
     if s.stored_params_budget:
         stopping += f"; stop above {s.stored_params_budget:,} stored parameters"
     return [
@@ -385,7 +380,11 @@ def describe_plan(plan: SearchPlan) -> list[str]:
         + (f", {s.gpus_per_trial:g} GPU" if s.gpus_per_trial else "")
         + "".join(f", {n:g} {name} per worker" for name, n in s.worker_resources.items()),
         f"  early stopping: {stopping}",
+        "  sparsity ladder: " + (f"each complete trial's delta also scored at 1/2 .. "
+                                 f"1/{2 ** s.sparsity_ladder} of its changed weights"
+                                 if s.sparsity_ladder else "off"),
         f"  run dir: {plan.run_dir}",
         f"  study: {plan.study_name} in {plan.storage}",
         *[f"    {line}" for line in plan.space.describe()],
     ]
+

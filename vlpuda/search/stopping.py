@@ -1,4 +1,4 @@
-"""Early stopping: ASHA on target accuracy, and a storage budget.
+"""Early stopping: MOASHA or ASHA (vlpuda.search.moasha), and a storage budget.
 
 Both only end trials; ParetoOptunaSearch then tells Optuna such trials as PRUNED, so neither can
 put a partial result on the front.
@@ -8,29 +8,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.stopper import Stopper
 
-from vlpuda.search.settings import SearchPlan
-
-# ASHA counts epochs as the loop reports them, not Tune iterations: a trial retried from its
-# checkpoint restarts Tune's iteration count but continues its epochs.
-TIME_ATTR = "epoch"
+from vlpuda.search.moasha import LoggedASHA, MOASHAScheduler
+from vlpuda.search.settings import METRICS, MODES, SearchPlan
 
 
 def make_scheduler(plan: SearchPlan) -> TrialScheduler:
-    """ASHA on target_acc when the preset asks for it, else first-in-first-out."""
+    """The preset's early stopping: MOASHA over the search's objectives (METRICS, MODES: the one
+    place they are defined), ASHA on the first objective alone, or first-in-first-out."""
     stopping = plan.settings.early_stopping
-    if not stopping.asha:
-        return FIFOScheduler()
-    return ASHAScheduler(
-        time_attr=TIME_ATTR,
-        metric="target_acc",
-        mode="max",
-        max_t=plan.epochs,
-        grace_period=plan.grace_period,
-        reduction_factor=stopping.reduction_factor,
-    )
+    method = stopping.effective_method
+    rungs = {"max_t": plan.epochs, "grace_period": plan.grace_period,
+             "reduction_factor": stopping.reduction_factor}
+    if method == "moasha":
+        return MOASHAScheduler(METRICS, MODES, **rungs)
+    if method == "asha":
+        return LoggedASHA(METRICS[0], MODES[0], **rungs)
+    return FIFOScheduler()
 
 
 class StoredParamsBudget(Stopper):

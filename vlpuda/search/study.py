@@ -22,6 +22,10 @@ from vlpuda.search.settings import MANIFEST, METRICS, MODES
 
 # Why a trial was pruned or failed, kept as an Optuna user attribute.
 STOP_REASON = "stopped_by"
+# For a trial the scheduler stopped: which rung and its rank there ("moasha rung 5: 4th of 7").
+STOP_DETAIL = "stopped_at"
+# A complete trial's sparsity ladder: [{fraction, target_acc, stored_params, ...}], densest first.
+LADDER = "ladder"
 TUNE_TRIAL_ID = "tune_trial_id"
 # The Tune experiment that asked for a trial: cleanup after a crash touches only its own trials,
 # never those of another search sharing the study.

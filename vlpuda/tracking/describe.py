@@ -109,6 +109,14 @@ def parent_params(plan: SearchPlan) -> dict[str, str]:
                    "search.storage_path": plan.ray_storage, "search.name": plan.name})
     params["search.tasks"] = ",".join(f"{t.src}->{t.tgt}" for t in plan.tasks)
     params["search.epochs"] = str(plan.epochs)
+    # Which scheduler ran (asha: true and the moasha default resolved) and on what.
+    from vlpuda.search.settings import METRICS
+    from vlpuda.search.stopping_settings import describe_stopping
+
+    stopping = plan.settings.early_stopping
+    params["search.scheduler"] = stopping.effective_method
+    params["search.scheduler_detail"] = describe_stopping(stopping, plan.grace_period,
+                                                          plan.epochs, METRICS)[:500]
     params.update(flat_params(_space_params(plan)))
     return params
 

@@ -49,8 +49,10 @@ def resolve_uri(tracking_uri: str | None) -> str:
     return resolve_destination(given, Path.cwd()).uri
 
 
-def export_delta(run_id: str, out_dir: str | Path, tracking_uri: str | None = None) -> Exported:
-    """Download a trial run's best delta(s) into `out_dir`.
+def export_delta(run_id: str, out_dir: str | Path, tracking_uri: str | None = None,
+                 ladder: int | None = None) -> Exported:
+    """Download a trial run's best delta(s) into `out_dir`; with `ladder` = d, instead its
+    sparsity-ladder cut keeping 1/d of the changed weights (the front's point with fraction 1/d).
 
     Raises:
         TrackingError: when the server is unreachable, the run does not exist, or it holds no
@@ -88,12 +90,19 @@ def export_delta(run_id: str, out_dir: str | Path, tracking_uri: str | None = No
     with tempfile.TemporaryDirectory(prefix="vlpuda-export-") as tmp:
         local = Path(client.download_artifacts(run_id, DELTA_ARTIFACT_DIR, tmp))
         files = []
-        for source in sorted(local.rglob(BEST_DELTA)):
+        wanted = BEST_DELTA if ladder is None else f"ladder_{ladder}.safetensors"
+        for source in sorted(local.rglob(wanted)):
             target = out / source.relative_to(local)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(source, target)
             files.append(target)
     metrics = run.data.metrics
+    if ladder is not None:
+        if not files:
+            raise TrackingError(f"run {run_id} holds no sparsity-ladder delta 1/{ladder}: pick "
+                                "a fraction the front lists for this trial (1/2, 1/4, ...)")
+        return Exported(run_id, files, metrics.get(f"ladder_{ladder}/target_acc"),
+                        metrics.get(f"ladder_{ladder}/stored_params"))
     # The best epoch's size: the delta exported is that epoch's, not the last one's.
     stored = metrics.get("best_epoch_stored_params", metrics.get("stored_params"))
     return Exported(run_id, files, metrics.get("target_acc"), stored)

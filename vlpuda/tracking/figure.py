@@ -31,6 +31,7 @@ class TrialPoint:
     target_acc: float
     stored_params: float
     on_front: bool
+    label: str | None = None  # a ladder point: "7 @1/4" (trial 7's delta cut to a quarter)
 
 
 def _draw_trials(ax, points: Sequence[TrialPoint]) -> None:
@@ -47,7 +48,8 @@ def _draw_trials(ax, points: Sequence[TrialPoint]) -> None:
     ax.step(xs, ys, where="post", color=FRONT_COLOUR, linewidth=1.5, zorder=3)
     ax.scatter(xs, ys, s=40, color=FRONT_COLOUR, label="Pareto front", zorder=4)
     for p in front:
-        ax.annotate(str(p.number), (p.stored_params, p.target_acc), textcoords="offset points",
+        ax.annotate(p.label or str(p.number), (p.stored_params, p.target_acc),
+                    textcoords="offset points",
                     xytext=(4, 4), fontsize=7, color=FRONT_COLOUR)
 
 

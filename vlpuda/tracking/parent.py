@@ -29,10 +29,17 @@ import optuna
 from mlflow.entities import Metric, Run
 from optuna.trial import FrozenTrial, TrialState
 
-from vlpuda.search.front import Front, complete_trials, front_of, front_rows
+from vlpuda.search.front import (
+    Front,
+    complete_trials,
+    front_columns,
+    front_of,
+    front_rows,
+    ladder_candidates,
+)
 from vlpuda.search.pareto import default_reference, hypervolume_2d, non_dominated_ranks
 from vlpuda.search.settings import METRICS, MODES
-from vlpuda.search.study import STOP_REASON, TUNE_TRIAL_ID
+from vlpuda.search.study import STOP_DETAIL, STOP_REASON, TUNE_TRIAL_ID
 from vlpuda.tracking.content import (
     FRONT_DIR,
     HYPERVOLUME,
@@ -86,6 +93,8 @@ def hypervolume_steps(finished: list[FrozenTrial], reference: tuple[float, ...] 
     for k, trial in enumerate(finished, start=1):
         if trial.state == TrialState.COMPLETE and trial.values is not None:
             complete.append(trial.values)
+            # Its sparsity-ladder points count as the front counts them (search.front).
+            complete += [[p[m] for m in METRICS] for _, p in ladder_candidates([trial])]
             value = hypervolume_2d(np.array(complete), MODES, reference) if reference else 0.0
         steps.append(Metric(HYPERVOLUME, float(value), _millis(trial), k))
     return steps
@@ -154,8 +163,7 @@ def _write_front(recorder: Recorder, folder: str, rows: list[dict[str, Any]],
 
 
 def _front_columns(front: Front) -> list[str]:
-    return ["trial", *METRICS, "target_acc_last", "target_acc_class_mean", *front.param_names,
-            TUNE_TRIAL_ID, RUN_ID_COLUMN, "checkpoint_path"]
+    return [*front_columns(front), TUNE_TRIAL_ID, RUN_ID_COLUMN, "checkpoint_path"]
 
 
 def _title(recorder: Recorder, task: str | None, complete: int, size: int) -> str:
@@ -171,6 +179,12 @@ def _points(trials: list[FrozenTrial], values: np.ndarray, mask: np.ndarray
             for t, v, m in zip(trials, values, mask)]
 
 
+def ladder_figure_points(front: Front) -> list[TrialPoint]:
+    """The front's sparsity-ladder points, labelled by parent trial and fraction ("7 @1/4")."""
+    return [TrialPoint(t.number, float(p[METRICS[0]]), float(p[METRICS[1]]), True,
+                       f"{t.number} @1/{round(1 / p['fraction'])}") for t, p in front.derived]
+
+
 def _tag_children(recorder: Recorder, trials: list[FrozenTrial], complete: list[FrozenTrial],
                   ranks: np.ndarray, children: dict[str, Run]) -> None:
     rank_of = {t.number: int(r) for t, r in zip(complete, ranks)}
@@ -184,7 +198,8 @@ def _tag_children(recorder: Recorder, trials: list[FrozenTrial], complete: list[
         if trial.number in rank_of:
             tags[TAG_PARETO_RANK] = str(rank_of[trial.number])
         elif trial.user_attrs.get(STOP_REASON):
-            tags[TAG_STOPPED_BY] = str(trial.user_attrs[STOP_REASON])
+            tags[TAG_STOPPED_BY] = str(trial.user_attrs.get(STOP_DETAIL)
+                                       or trial.user_attrs[STOP_REASON])
         set_tags(recorder.client, run.info.run_id, tags, run.data.tags)
 
 
@@ -204,7 +219,7 @@ def log_search_front(recorder: Recorder, study: optuna.Study,
     if complete:
         rows = [{**row, RUN_ID_COLUMN: _run_id(children, row.get(TUNE_TRIAL_ID))}
                 for row in front_rows(front)]
-        points = _points(complete, values, ranks == 0)
+        points = _points(complete, values, ranks == 0) + ladder_figure_points(front)
         references = paper_references(info.benchmark, info.model, info.task_pairs)
         artifacts += _write_front(recorder, FRONT_DIR, rows, _front_columns(front), points,
                                   _title(recorder, None, len(complete), len(front.trials)),
@@ -213,7 +228,11 @@ def log_search_front(recorder: Recorder, study: optuna.Study,
         "hypervolume": front.hypervolume,
         "reference": list(front.reference) if front.reference else None,
         "front": front.numbers,
+        "ladder_points": [[t.number, p["fraction"]] for t, p in front.derived],
         "states": dict(front.states),
+        # Why each pruned trial stopped (the scheduler's rung and rank, or the budget).
+        "pruned": {str(t.number): t.user_attrs.get(STOP_DETAIL) or t.user_attrs.get(STOP_REASON)
+                   for t in trials if t.state == TrialState.PRUNED},
     }, f"{FRONT_DIR}/summary.json")
     artifacts.append(f"{FRONT_DIR}/summary.json")
 

@@ -13,6 +13,7 @@ per line, in order), and `tuner.pkl`. Train runs keep their checkpoints under
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,6 +136,9 @@ def read_all(ray_storage: str) -> dict[str, TuneTrial]:
             for t in read_experiment(ray_storage, name)}
 
 
+LADDER_FILE = re.compile(r"^ladder_\d+\.safetensors$")
+
+
 def _delta_sources(fs: pafs.FileSystem, folder: str) -> str | None:
     """The best delta of one task's checkpoint folder: best_delta when the last epoch was not
     the best, else the last epoch's own delta."""
@@ -164,4 +168,11 @@ def fetch_best_deltas(checkpoint: str, tasks: list[str], out_dir: Path) -> list[
         with fs.open_input_stream(source) as stream, open(target, "wb") as handle:
             shutil.copyfileobj(stream, handle)
         written.append(target)
+        # The sparsity ladder's cuts of that delta (trainables/ladder.py), beside it.
+        for info in fs.get_file_info(pafs.FileSelector(folder)):
+            name = info.base_name
+            if info.type == pafs.FileType.File and LADDER_FILE.match(name):
+                with fs.open_input_stream(info.path) as stream, \
+                        open(target.with_name(name), "wb") as handle:
+                    shutil.copyfileobj(stream, handle)
     return written

@@ -46,6 +46,7 @@ from vlpuda.trainables.data import (
 )
 from vlpuda.trainables.filekind import StateFileError, load_state_file
 from vlpuda.trainables.fingerprint import FINGERPRINT_KEY, weights_fingerprint
+from vlpuda.trainables.ladder import LADDER_SECONDS, LADDER_SHARE, ladder_metrics, score_ladder
 from vlpuda.trainables.losses import LossWeights, cmkd_terms, fixmatch_term, ramp
 from vlpuda.trainables.metrics import class_mean_accuracy, per_class_counts
 from vlpuda.trainables.models import Student, load_clip, text_prototypes, visual_tower
@@ -149,10 +150,13 @@ def evaluate(
     batch_size: int,
     autocast,
     memory_format: torch.memory_format = torch.contiguous_format,
+    sharded: bool = True,
 ) -> dict[str, float]:
     """Target accuracy of both heads and label-free proxies; each rank scores a shard, then sums.
-    `memory_format`: the input layout the model trains with (channels_last for such a ResNet)."""
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    `memory_format`: the input layout the model trains with (channels_last for such a ResNet).
+    `sharded=False`: this rank scores every image alone (the others are not taking part)."""
+    rank, world = ((dist.get_rank(), dist.get_world_size())
+                   if sharded and dist.is_initialized() else (0, 1))
     was_training = student.training
     student.eval()
     indices = np.arange(rank, len(domain), world)
@@ -476,6 +480,23 @@ class TaskRun:
         self.best_delta = self.scratch / "best.safetensors"
         shutil.copy(kept if kept.exists() else directory / DELTA_FILE, self.best_delta)
 
+    def sparsity_ladder(self, steps: int, directory: Path) -> tuple[list[dict], float]:
+        """The best epoch's delta cut to 1/2 .. 1/2^steps of its changed weights, each cut
+        scored on the target and written to `directory` (trainables/ladder.py). Rank 0 only."""
+        def score() -> dict[str, Any]:
+            return evaluate(self.student, self.assets.target, self.assets.mean, self.assets.std,
+                            self.device, self.cfg.eval_batch_size, self.autocast, self._layout,
+                            sharded=False)
+
+        def save(path: Path) -> None:
+            save_delta(path, self.sparsity.named_pairs(), self.student.head.state_dict(),
+                       delta_metadata(self.cfg, self.assets, self.best_epoch,
+                                      self.base_fingerprint))
+
+        return score_ladder(self.sparsity, self.student.head, self.student.visual,
+                            self.best_delta or directory / DELTA_FILE, steps, score, save,
+                            directory)
+
     def close(self) -> None:
         if self.strong is not None:
             self.strong.close()
@@ -491,7 +512,8 @@ def aggregate(per_task: dict[str, dict[str, Any]]) -> dict[str, Any]:
     combined: dict[str, Any] = {}
     for name in runs[0]:
         values = [run[name] for run in runs]
-        if name in ("stored_params", "changed_params", "delta_bytes"):
+        if name in ("stored_params", "changed_params", "delta_bytes", LADDER_SECONDS) \
+                or name.endswith(("/stored_params", "/changed_params")):  # ladder points
             combined[name] = sum(values)
         elif name == "peak_gpu_memory_gib":  # one process trains every task: its peak
             combined[name] = max(values)
@@ -510,11 +532,13 @@ def train(
     reporter: Reporter | None = None,
     resume_from: Path | None = None,
     device: torch.device | None = None,
+    ladder: int = 0,
 ) -> dict[str, Any]:
     """Run (or resume) one run over one task, or several tasks with interleaved epochs.
 
     Each epoch: train every task for cfg.iters_per_epoch iterations, score every target, write
-    one checkpoint (a sub-folder per task when there are several) and report once.
+    one checkpoint (a sub-folder per task when there are several) and report once. After the
+    last epoch, `ladder` > 0 also scores that many cuts of the best delta (sparsity_ladder).
     """
     cfgs = [resolve_demo(c) for c in (cfg if isinstance(cfg, list) else [cfg])]
     assets_list = assets if isinstance(assets, list) else [assets] * len(cfgs)
@@ -546,10 +570,17 @@ def train(
                 checkpoint_dir = scratch / f"epoch_{first.epoch}"
                 for key, run in runs.items():
                     per_task[key]["delta_bytes"] = run.save_checkpoint(folder(checkpoint_dir, run.cfg))
+                    if ladder and run.epoch >= run.cfg.epochs:
+                        points, seconds = run.sparsity_ladder(ladder,
+                                                              folder(checkpoint_dir, run.cfg))
+                        per_task[key].update({**ladder_metrics(points), LADDER_SECONDS: seconds})
             else:
                 for values in per_task.values():
                     values["delta_bytes"] = 0
             metrics = {**aggregate(per_task), "train_started_at": train_started_at}
+            if LADDER_SECONDS in metrics:  # the ladder's cost against the whole run's
+                metrics[LADDER_SHARE] = metrics[LADDER_SECONDS] / max(
+                    time.time() - train_started_at, 1e-9)
             reporter(metrics, checkpoint_dir)
             if checkpoint_dir is not None:
                 shutil.rmtree(checkpoint_dir, ignore_errors=True)

@@ -65,6 +65,7 @@ class TrialSetup:
     storage_path: str
     keep_checkpoints: int = 1
     worker_resources: dict[str, float] = field(default_factory=dict)
+    sparsity_ladder: int = 0  # cuts of the best delta scored after the last epoch
 
     def scaling_config(self) -> ray.train.ScalingConfig:
         resources: dict[str, float] = {**self.worker_resources, "CPU": self.cpus_per_worker}
@@ -108,6 +109,7 @@ def run_trial(config: dict[str, Any], *, setup: TrialSetup, assets: list[Any]) -
             "configs": [c.model_dump() for c in configs],
             "assets": list(assets),  # references: each worker resolves them itself
             "trial_started_at": time.time(),
+            "sparsity_ladder": setup.sparsity_ladder,
         },
         scaling_config=setup.scaling_config(),
         run_config=ray.train.RunConfig(
@@ -183,8 +185,9 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     reporter = RayTrainReporter(loop_config["trial_started_at"], worker_started_at)
     device = ray.train.torch.get_device()
     checkpoint = ray.train.get_checkpoint()
+    ladder = int(loop_config.get("sparsity_ladder", 0))
     if checkpoint is None:
-        train(configs, assets, reporter=reporter, device=device)
+        train(configs, assets, reporter=reporter, device=device, ladder=ladder)
         return
     with checkpoint.as_directory() as directory:
         finished = _finished_metrics(Path(directory), configs[0].epochs)
@@ -199,4 +202,5 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             # leaves an epoch that is in the checkpoint but in no record. Report it again before
             # training on: MLflow keeps one value per step (iteration), and Tune's row is marked.
             ray.train.report({**replay, REPLAYED: True})
-        train(configs, assets, reporter=reporter, resume_from=Path(directory), device=device)
+        train(configs, assets, reporter=reporter, resume_from=Path(directory), device=device,
+              ladder=ladder)
