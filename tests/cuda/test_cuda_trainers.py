@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from helpers import write_tiny_domains
 
 from vlpuda.cli import main as vlpuda
