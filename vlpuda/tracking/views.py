@@ -23,7 +23,16 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 FRONT_IMAGE_KEY = "pareto_front"
+# MLflow 3.17's UI picks GenAI or model-training mode from this URL parameter (else from the
+# browser's last choice, GenAI by default), not from the experiment's kind tag.
+MODEL_TRAINING_VIEW = "workflowType=machine_learning"
+LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` listens by default
 IMAGES_DIR = "images"  # where MlflowClient.log_image files keyed images
+
+
+def experiment_page(experiment_id: str, base: str | None = None) -> str:
+    """The URL of the experiment's runs table in MLflow's UI, in model-training mode."""
+    return f"{(base or LOCAL_UI).rstrip('/')}/#/experiments/{experiment_id}?{MODEL_TRAINING_VIEW}"
 
 
 def logged_image_steps(client: MlflowClient, run_id: str, key: str) -> set[int]:
