@@ -145,9 +145,12 @@ def test_mlflow_ui_shows_the_trials_and_the_front(finished_search, browser, shot
         deadline = time.monotonic() + 60
         loaded = 0
         while time.monotonic() < deadline and not loaded:
+            # The image sits below the chart's legend: scroll it into view (it loads lazily).
             loaded = browser.evaluate(
-                "[...document.querySelectorAll('img')].filter(i => i.naturalWidth > 300"
-                " && i.src.includes('pareto_front')).length")
+                "(() => { const imgs = [...document.querySelectorAll('img')].filter(i =>"
+                " decodeURIComponent(i.src).includes('pareto_front'));"
+                " imgs.forEach(i => i.scrollIntoView());"
+                " return imgs.filter(i => i.complete && i.naturalWidth > 100).length; })()")
             time.sleep(0.5)
         browser.screenshot(shots / "mlflow-parent-front-image.png")
         assert loaded, "the parent's pareto_front image never loaded"
@@ -164,13 +167,17 @@ def test_optuna_dashboard_shows_the_front(finished_search, browser, shots, tmp_p
     try:
         study_id = study._study_id
         browser.open(f"{base}/dashboard/studies/{study_id}")
-        # The objectives by name (study.set_metric_names), not "Objective 0".
-        browser.wait_for_text(plan.study_name, "target_acc", "stored_params")
-        browser.screenshot(shots / "optuna-dashboard-study.png")
+        # The Pareto-front page: objectives by name (study.set_metric_names), not
+        # "Objective 0", and the front's trials by the numbers every other output uses.
+        best = [f"Trial {t.number}\n" for t in study.best_trials]
+        browser.wait_for_text(plan.study_name, "Pareto Front", "target_acc", "stored_params",
+                              "Best Trials", *best)
+        browser.screenshot(shots / "optuna-dashboard-pareto.png")
         browser.open(f"{base}/dashboard/studies/{study_id}/trials")
-        numbers = [f"Trial {t.number}" for t in study.trials]
-        text = browser.wait_for_text(*numbers)
-        assert "tune_trial_id" in text or "Trial 0" in text
+        text = browser.wait_for_text(f"{len(study.trials)} Trials",
+                                     *[f"Trial {t.number}\n" for t in study.trials])
+        # The user attributes that tie a trial to Tune and to its delta.
+        assert "tune_trial_id" in text and "checkpoint_path" in text
         browser.screenshot(shots / "optuna-dashboard-trials.png")
     finally:
         _stop(server)
