@@ -93,10 +93,14 @@ def _bin(name: str) -> str:
 
 def _expand_parent(browser: Browser) -> None:
     """Click the parent row's expander (the runs table nests children under it)."""
-    clicked = browser.evaluate(
-        "(() => { const b = document.querySelector("
-        "'button[data-component-id*=\"runnamecellrenderer\"]');"
-        " if (!b) return false; b.click(); return true; })()")
+    deadline = time.monotonic() + 60  # the table draws its rows after the runs arrive
+    clicked = False
+    while not clicked and time.monotonic() < deadline:
+        clicked = browser.evaluate(
+            "(() => { const b = document.querySelector("
+            "'button[data-component-id*=\"runnamecellrenderer\"]');"
+            " if (!b) return false; b.click(); return true; })()")
+        time.sleep(0 if clicked else 0.5)
     assert clicked, "the runs table has no nested-runs expander"
 
 
