@@ -24,6 +24,7 @@ from tracking_helpers import (
 )
 from vlpuda.cli import main
 from vlpuda.tracking.content import TAG_PARENT, TAG_TRIAL
+from vlpuda.tracking.naming import compact_count
 from conftest import free_port
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -46,9 +47,15 @@ def check_search(uri: str, plan, study, tmp_path: Path) -> None:
     assert {c.data.tags[TAG_TRIAL] for c in children} == set(rows)
     assert {c.data.tags[TAG_PARENT] for c in children} == {parent.info.run_id}
     # The parent records the resolved config, the space, sampler and versions.
-    assert parent.data.params["lr"] == repr(plan.tasks[0].lr)
+    # What the space searches is listed as searched, what it fixes with its value: never the
+    # preset's value, which no trial used.
+    assert parent.data.params["lr"] == "searched: float [0.0001, 0.01] log"
+    assert parent.data.params["rst"] == "True"
     assert parent.data.params["search.sampler"] == "random"
-    assert parent.data.params["space.lr"].startswith("float [0.0001, 0.01] log")
+    assert parent.data.params["space"] == "cmkd_rst"
+    # A model-training experiment: MLflow's UI opens it on the runs table, not on traces.
+    experiment = client.get_experiment(parent.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert parent.data.tags["version.mlflow"] and parent.data.tags["git_commit"]
 
     numbers = {t.user_attrs["tune_trial_id"]: t for t in study.trials}
@@ -79,14 +86,22 @@ def check_search(uri: str, plan, study, tmp_path: Path) -> None:
         assert child.data.tags["pareto"] == ("true" if trial.number in front else "false")
         assert child.data.tags["state"] == "COMPLETE"
         assert child.data.tags["optuna_trial"] == str(trial.number)
+        # Named by the same number as the front, with its result once finished.
+        assert child.info.run_name == (
+            f"t{trial.number:02d} · {trial.values[0]:.1f} % · "
+            f"{compact_count(trial.values[1])}")
         assert child.info.status == "FINISHED"
     ranks = {c.data.tags["pareto_rank"] for c in children}
     assert "0" in ranks
 
     # The front: a table the UI shows, the CSV, the figure, hypervolume per finished trial.
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "pareto")}
-    assert {"pareto/front.json", "pareto/front.csv", "pareto/front.png",
+    assert {"pareto/front.json", "pareto/front.csv", "pareto/front.png", "pareto/front.html",
             "pareto/summary.json"} <= artifacts
+    # The figure is also the parent's image (the UI shows images on the run page), logged once
+    # per number of finished trials.
+    images = [a.path for a in client.list_artifacts(parent.info.run_id, "images")]
+    assert sorted(p.split("+")[2] for p in images if p.endswith(".png")) == [str(len(rows))]
     table = front_table(uri, parent.info.run_id)
     assert sorted(table["trial"]) == sorted(front)
     by_child = {c.info.run_id: c for c in children}

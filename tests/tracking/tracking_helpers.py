@@ -172,7 +172,17 @@ def _artifacts(client, run_id: str, path: str | None = None) -> list[str]:
     files = []
     for item in client.list_artifacts(run_id, path):
         files += _artifacts(client, run_id, item.path) if item.is_dir else [item.path]
-    return sorted(files)
+    return sorted(_stable_name(f) for f in files)
+
+
+def _stable_name(path: str) -> str:
+    """A logged image's file without the time and uuid MLflow puts in its name
+    (`images/<key>+step+<n>+timestamp+<ms>+<uuid>[+compressed].<ext>` -> key, step, kind)."""
+    if not path.startswith("images/"):
+        return path
+    parts = path.removeprefix("images/").split("+")
+    kind = "+compressed" if "+compressed" in path else ""
+    return f"images/{'+'.join(parts[:3])}{kind}.{path.rsplit('.', 1)[-1]}"
 
 
 # Tags whose values name this store's runs, users or clocks rather than the search (the commit

@@ -32,6 +32,7 @@ from vlpuda.search.study import (
     new_experiment_name,
     open_storage,
     read_manifest,
+    tune_trial_numbers,
     write_manifest,
 )
 
@@ -325,6 +326,7 @@ def make_tuner(plan: SearchPlan, trainable, searcher, concurrency: int, experime
 
     from vlpuda.search.moasha import MOASHAScheduler, SchedulerState
     from vlpuda.search.progress import ProgressLines
+    from vlpuda.tracking.naming import TrialNumbers
     from vlpuda.search.stopping import StoredParamsBudget, make_scheduler
 
     s = plan.settings
@@ -346,7 +348,9 @@ def make_tuner(plan: SearchPlan, trainable, searcher, concurrency: int, experime
             storage_path=plan.ray_storage,
             stop=StoredParamsBudget(budget) if budget else None,
             callbacks=[ProgressLines(tuple(d.name for d in plan.space.searched), plan.epochs,
-                                     s.num_samples, budget, scheduler), *state, *callbacks],
+                                     s.num_samples, budget, scheduler,
+                                     TrialNumbers(plan.storage, plan.study_name)),
+                   *state, *callbacks],
             failure_config=ray.tune.FailureConfig(max_failures=s.max_failures),
             verbose=0,  # ProgressLines prints one line per event instead of Tune's tables
         ),
@@ -527,6 +531,6 @@ def finish(plan: SearchPlan, experiment: str, results, log: Log = _log,
         f"print it again with: vlpuda pareto {plan.run_dir}")
     if tracker is not None:  # never raises: a tracking failure only warns
         tracker.finish(study, finished=not unfinished)
-    write_manifest(plan.run_dir, with_status(read_manifest(plan.run_dir),
-                                             "running" if unfinished else "finished"))
+    manifest = {**read_manifest(plan.run_dir), "trial_numbers": tune_trial_numbers(study)}
+    write_manifest(plan.run_dir, with_status(manifest, "running" if unfinished else "finished"))
     return front

@@ -1,8 +1,11 @@
 """One concise console line per trial event, in place of Tune's wide status table.
 
-    [  41s] trial 00000 started: lr=0.001 lr_multiplier=10 lambda1=0.25 ...
-    [  93s] trial 00000 epoch 1/3: target_acc 83.40 (last 83.40) stored_params 451,210
-    [ 160s] trial 00000 complete: target_acc 91.35 stored_params 431,101 [1/6 finished]
+    [  41s] trial t00 started: lr=0.001 lr_multiplier=10 lambda1=0.25 ...
+    [  93s] trial t00 epoch 1/3: target_acc 83.40 (last 83.40) stored_params 451,210
+    [ 160s] trial t00 complete: target_acc 91.35 stored_params 431,101 [1/6 finished]
+
+Trials are named by their Optuna number, as the front, MLflow and optuna-dashboard name them
+(vlpuda.tracking.naming).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from ray.tune import Callback
 
 from vlpuda.search.moasha import stop_reason
 from vlpuda.search.study import trial_outcome
+from vlpuda.tracking.naming import TrialNumbers, trial_label
 
 
 def short_id(trial: Any) -> str:
@@ -40,14 +44,21 @@ class ProgressLines(Callback):
         num_samples: trials planned in this run.
         budget: the stored-parameter budget, if any (to say why a trial was stopped).
         scheduler: the search's scheduler; its stop_log (MOASHA, ASHA) says at which rung.
+        numbers: where trial numbers are read (the study); None names trials by Tune's id.
     """
 
     def __init__(self, searched: tuple[str, ...], epochs: int, num_samples: int,
-                 budget: int | None = None, scheduler: Any = None) -> None:
+                 budget: int | None = None, scheduler: Any = None,
+                 numbers: TrialNumbers | None = None) -> None:
         self.searched, self.epochs, self.num_samples, self.budget = (
             searched, epochs, num_samples, budget)
         self.scheduler = scheduler
+        self.numbers = numbers
         self.started = time.monotonic()
+
+    def _name(self, trial: Any) -> str:
+        number = self.numbers.number(str(trial.trial_id)) if self.numbers else None
+        return trial_label(number) if number is not None else short_id(trial)
 
     def setup(self, **info: Any) -> None:
         # Also runs after a restore: the clock restarts with the resumed run.
@@ -57,7 +68,7 @@ class ProgressLines(Callback):
         print(f"[{time.monotonic() - self.started:5.0f}s] {message}", file=sys.stdout, flush=True)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._print(f"trial {short_id(trial)} started: "
+        self._print(f"trial {self._name(trial)} started: "
                     f"{format_params(trial.config, self.searched)}")
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
@@ -65,7 +76,7 @@ class ProgressLines(Callback):
         if "target_acc" not in result:
             return
         self._print(
-            f"trial {short_id(trial)} epoch {result.get('epoch', '?')}/{self.epochs}: "
+            f"trial {self._name(trial)} epoch {result.get('epoch', '?')}/{self.epochs}: "
             f"target_acc {result['target_acc']:.2f} (last {result.get('target_acc_last', 0):.2f}) "
             f"stored_params {int(result['stored_params']):,}"
         )
@@ -91,7 +102,7 @@ class ProgressLines(Callback):
                     f"budget of {self.budget:,} (pruned)")
         else:
             what = f"failed ({reason}); see {getattr(trial, 'path', None) or 'the trial log'}"
-        self._print(f"trial {short_id(trial)} {what} "
+        self._print(f"trial {self._name(trial)} {what} "
                     f"[{len(done)}/{self.num_samples} finished]")
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

@@ -15,6 +15,7 @@ Three behaviours of Ray's OptunaSearch are corrected here (research/ray_stack.md
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Any
 
 import optuna
@@ -72,11 +73,22 @@ class ParetoOptunaSearch(OptunaSearch):
         finally:
             self._scheduler = link
 
+    def _setup_study(self, mode) -> None:
+        super()._setup_study(mode)
+        # Objective names in the storage: optuna-dashboard and `plot_pareto_front` show
+        # target_acc / stored_params instead of "Objective 0" / "Objective 1".
+        if self._ot_study.metric_names != list(METRICS):
+            with warnings.catch_warnings():  # experimental since Optuna 3.2, stable in use
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                self._ot_study.set_metric_names(list(METRICS))
+
     def suggest(self, trial_id: str) -> dict | None:
         config = super().suggest(trial_id)
         ot_trial = self._ot_trials.get(trial_id)
         if ot_trial is not None:
             ot_trial.set_user_attr(EXPERIMENT, self._experiment)
+            # Now, not only at completion: the tracker names the trial's run by its number.
+            ot_trial.set_user_attr(TUNE_TRIAL_ID, trial_id)
         return config
 
     @property

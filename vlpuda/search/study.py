@@ -138,6 +138,17 @@ def experiment_counts(study: optuna.Study, experiment: str) -> dict[str, int]:
     return counts
 
 
+def tune_trial_numbers(study: optuna.Study) -> dict[str, int]:
+    """Tune trial id -> the Optuna trial number every output shows (a rerun has the last word),
+    for the manifest: Tune's folders are named by the id, everything else by the number."""
+    numbers = {}
+    for trial in study.get_trials(deepcopy=False):
+        tune_id = trial.user_attrs.get(TUNE_TRIAL_ID)
+        if tune_id is not None:
+            numbers[str(tune_id)] = trial.number
+    return numbers
+
+
 def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     staging = run_dir / f".{MANIFEST}.tmp"

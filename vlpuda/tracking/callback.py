@@ -21,7 +21,6 @@ from typing import Any
 
 from ray.tune import Callback
 
-from vlpuda.tracking.content import trial_index
 from vlpuda.tracking.describe import SearchInfo
 from vlpuda.tracking.destination import Destination, limit_http_retries
 from vlpuda.tracking.guard import Guard, Log, warn
@@ -103,9 +102,7 @@ class TrackingCallback(Callback):
     def _child(self, recorder: Recorder, trial: Any):
         run = recorder.children.get(trial.trial_id)
         if run is None:
-            run = recorder.child(trial.trial_id, trial.config,
-                                 trial_index(getattr(trial, "experiment_tag", None)),
-                                 int(time.time() * 1000))
+            run = recorder.child(trial.trial_id, trial.config, None, int(time.time() * 1000))
         return run
 
     def _start(self, recorder: Recorder, trial: Any) -> None:

@@ -163,14 +163,3 @@ def flat_params(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
         elif value is not None:
             params[name] = param_value(value)
     return params
-
-
-def trial_run_name(index: int | None, trial_id: str) -> str:
-    """`trial-003`: Tune's 1-based trial index, as Tune numbers its trial folders."""
-    return f"trial-{index:03d}" if index is not None else f"trial-{trial_id}"
-
-
-def trial_index(experiment_tag: str | None) -> int | None:
-    """Tune's trial index from its experiment tag ("3_lr=0.001,..." -> 3)."""
-    head = str(experiment_tag or "").split("_", 1)[0]
-    return int(head) if head.isdigit() else None

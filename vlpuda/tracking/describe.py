@@ -49,6 +49,8 @@ class SearchInfo:
         model: the open_clip model name.
         params: the parent run's params.
         tags: the parent run's tags.
+        storage: the Optuna study's database URL (trial numbers are read from it).
+        objectives: the study's two objectives, as result keys.
     """
 
     key: str
@@ -64,6 +66,8 @@ class SearchInfo:
     model: str
     params: dict[str, str] = field(default_factory=dict, hash=False)
     tags: dict[str, str] = field(default_factory=dict, hash=False)
+    storage: str = ""
+    objectives: tuple[str, str] = ("target_acc", "stored_params")
 
 
 def git_commit() -> str:
@@ -88,16 +92,21 @@ def package_versions() -> dict[str, str]:
 
 
 def _space_params(plan: SearchPlan) -> dict[str, Any]:
+    """What the space decides, under the training config's own names: a searched dimension
+    as `searched: <range>`, a fixed one and a constant as the value every trial gets."""
     space = plan.space
     params: dict[str, Any] = {"space": space.name}
-    params.update({f"space.{d.name}": d.describe() for d in space.dimensions})
-    params.update({f"space.constants.{k}": v for k, v in space.constants.items()})
+    for dim in space.dimensions:
+        params[dim.name] = f"searched: {dim.describe()}" if dim.searched else dim.value
+    params.update(space.constants)
     return params
 
 
 def parent_params(plan: SearchPlan) -> dict[str, str]:
     """The whole resolved training config (flat names, as in configs), the search settings
-    (`search.*`: sampler, budget, resources, ...) and the space (`space.*`)."""
+    (`search.*`: sampler, budget, resources, ...) and the space's name. A key the space
+    searches or fixes holds what the space says (`searched: float [1e-05, 0.01] log`, or the
+    fixed value), never the preset's value, which no trial used."""
     params = flat_params(plan.tasks[0].model_dump())
     if len(plan.tasks) > 1:
         # One config per task differs only in src/tgt: the pairs say which.
@@ -152,5 +161,5 @@ def search_info(plan: SearchPlan, tune_experiment: str, experiment: str | None =
         key=key, name=plan.name, experiment=experiment or plan.name, study=plan.study_name,
         run_dir=str(plan.run_dir), tasks=tasks, task_pairs=pairs, epochs=plan.epochs,
         budget=plan.settings.stored_params_budget, benchmark=first.benchmark, model=first.model,
-        params=parent_params(plan), tags=tags,
+        params=parent_params(plan), tags=tags, storage=plan.storage,
     )

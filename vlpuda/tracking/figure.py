@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from matplotlib.figure import Figure
 
+from vlpuda.tracking.naming import trial_label
 from vlpuda.tracking.references import ReferencePoint
 
 FRONT_COLOUR = "#c2185b"
@@ -27,11 +28,11 @@ REFERENCE_COLOURS = ("#1565c0", "#2e7d32", "#ef6c00", "#6a1b9a", "#00838f", "#79
 class TrialPoint:
     """One complete trial on the figure."""
 
-    number: int  # the Optuna trial number, as `vlpuda pareto` prints it
+    number: int  # the Optuna trial number, as `vlpuda pareto` prints it (labelled t03)
     target_acc: float
     stored_params: float
     on_front: bool
-    label: str | None = None  # a ladder point: "7 @1/4" (trial 7's delta cut to a quarter)
+    label: str | None = None  # a ladder point: "t07 @1/4" (trial 7's delta cut to a quarter)
 
 
 def _draw_trials(ax, points: Sequence[TrialPoint]) -> None:
@@ -48,7 +49,7 @@ def _draw_trials(ax, points: Sequence[TrialPoint]) -> None:
     ax.step(xs, ys, where="post", color=FRONT_COLOUR, linewidth=1.5, zorder=3)
     ax.scatter(xs, ys, s=40, color=FRONT_COLOUR, label="Pareto front", zorder=4)
     for p in front:
-        ax.annotate(p.label or str(p.number), (p.stored_params, p.target_acc),
+        ax.annotate(p.label or trial_label(p.number), (p.stored_params, p.target_acc),
                     textcoords="offset points",
                     xytext=(4, 4), fontsize=7, color=FRONT_COLOUR)
 

@@ -3,7 +3,9 @@
 MLflow has no Pareto view, so the search brings its own (research/anchors.md D3 item 10):
 
 * `pareto/front.json` (an MLflow table: the UI shows it on the run's artifacts page),
-  `pareto/front.csv` and `pareto/front.png` (accuracy against stored parameters, log x axis);
+  `pareto/front.csv` and `pareto/front.png` (accuracy against stored parameters, log x axis),
+  the same figure as the run's `pareto_front` image and `pareto/front.html`, Optuna's
+  interactive Plotly views (see views.py);
   for a multi-task search also `pareto/<task>/...` from each task's own accuracy and storage;
 * `hypervolume` with step = the number of finished trials, so its chart shows the search
   converging;
@@ -53,9 +55,11 @@ from vlpuda.tracking.content import (
     TAG_TRIAL,
 )
 from vlpuda.tracking.figure import TrialPoint, front_figure
+from vlpuda.tracking.naming import trial_label
 from vlpuda.tracking.references import paper_references
 from vlpuda.tracking.runs import Recorder, sql_quote, search_all, set_tags
 from vlpuda.tracking.tunefiles import TuneTrial
+from vlpuda.tracking.views import front_html, log_front_image
 
 RUN_ID_COLUMN = "mlflow_run_id"
 
@@ -148,7 +152,8 @@ def put_table(recorder: Recorder, rows: list[dict[str, Any]], columns: list[str]
 
 def _write_front(recorder: Recorder, folder: str, rows: list[dict[str, Any]],
                  columns: list[str], points: list[TrialPoint], title: str,
-                 references: list) -> list[str]:
+                 references: list, image_step: int | None = None) -> list[str]:
+    """The front's table, CSV and figure (also as the run's image at `image_step`, if any)."""
     client, run_id = recorder.client, recorder.parent_id
     table, table_csv, figure = (f"{folder}/front.json", f"{folder}/front.csv",
                                 f"{folder}/front.png")
@@ -156,6 +161,8 @@ def _write_front(recorder: Recorder, folder: str, rows: list[dict[str, Any]],
     client.log_text(run_id, _csv_text(rows, columns), table_csv)
     fig = front_figure(points, references, title)
     client.log_figure(run_id, fig, figure, save_kwargs={"dpi": 120})
+    if image_step is not None:
+        log_front_image(client, run_id, fig, image_step)
     return [table, table_csv, figure]
 
 
@@ -180,9 +187,9 @@ def _points(trials: list[FrozenTrial], values: np.ndarray, mask: np.ndarray
 
 
 def ladder_figure_points(front: Front) -> list[TrialPoint]:
-    """The front's sparsity-ladder points, labelled by parent trial and fraction ("7 @1/4")."""
+    """The front's sparsity-ladder points, labelled by parent trial and fraction ("t07 @1/4")."""
     return [TrialPoint(t.number, float(p[METRICS[0]]), float(p[METRICS[1]]), True,
-                       f"{t.number} @1/{round(1 / p['fraction'])}") for t, p in front.derived]
+                       f"{trial_label(t.number)} @1/{round(1 / p['fraction'])}") for t, p in front.derived]
 
 
 def _tag_children(recorder: Recorder, trials: list[FrozenTrial], complete: list[FrozenTrial],
@@ -223,7 +230,12 @@ def log_search_front(recorder: Recorder, study: optuna.Study,
         references = paper_references(info.benchmark, info.model, info.task_pairs)
         artifacts += _write_front(recorder, FRONT_DIR, rows, _front_columns(front), points,
                                   _title(recorder, None, len(complete), len(front.trials)),
-                                  references)
+                                  references, image_step=len(finished))
+        client.log_text(recorder.parent_id,
+                        front_html(study, front.reference,
+                                   _title(recorder, None, len(complete), len(front.trials)),
+                                   info.objectives), f"{FRONT_DIR}/front.html")
+        artifacts.append(f"{FRONT_DIR}/front.html")
     client.log_dict(recorder.parent_id, {
         "hypervolume": front.hypervolume,
         "reference": list(front.reference) if front.reference else None,

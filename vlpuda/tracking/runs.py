@@ -29,6 +29,7 @@ from vlpuda.search.study import trial_outcome
 from vlpuda.tracking.content import (
     DELTA_ARTIFACT_DIR,
     TAG_KIND,
+    TAG_OPTUNA_TRIAL,
     TAG_PARENT,
     TAG_RUN_DIR,
     TAG_RUN_NAME,
@@ -43,12 +44,16 @@ from vlpuda.tracking.content import (
     result_step,
     result_timestamp_ms,
     summary_metrics,
-    trial_run_name,
 )
 from vlpuda.tracking.describe import SearchInfo
 from vlpuda.tracking.destination import Destination
+from vlpuda.tracking.naming import TrialNumbers, finished_run_name, trial_label
 from vlpuda.tracking.tunefiles import fetch_best_deltas
 
+# The experiment tag MLflow 3's UI reads to pick its mode: without it an experiment with no
+# runs' models is taken for a GenAI one and opens on traces instead of the runs table.
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"
 # MLflow's per-request limits for log_batch.
 MAX_PARAMS, MAX_METRICS, MAX_TAGS = 100, 1000, 100
 # Set last when a child run is complete: the number of results it holds. A back-fill that finds
@@ -70,12 +75,17 @@ def sql_quote(value: str) -> str:
 
 def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | None) -> str:
     """The id of the named experiment, created (with the artifact location) if missing and
-    restored if it was deleted (a deleted name cannot be created again)."""
+    restored if it was deleted (a deleted name cannot be created again); marked as a model
+    training experiment unless someone chose its kind already."""
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
-        return client.create_experiment(name, artifact_location=artifact_location)
+        return client.create_experiment(name, artifact_location=artifact_location,
+                                        tags={TAG_EXPERIMENT_KIND: MODEL_TRAINING_KIND})
     if experiment.lifecycle_stage == "deleted":
         client.restore_experiment(experiment.experiment_id)
+    if TAG_EXPERIMENT_KIND not in experiment.tags:
+        client.set_experiment_tag(experiment.experiment_id, TAG_EXPERIMENT_KIND,
+                                  MODEL_TRAINING_KIND)
     return experiment.experiment_id
 
 
@@ -124,6 +134,7 @@ class Recorder:
         self.parent_id: str | None = None
         self.parent_created = False  # whether open_parent made the parent (or found it)
         self.children: dict[str, Run] = {}  # Tune trial id -> run, as last read or created
+        self.numbers = TrialNumbers(info.storage, info.study)
         self._steps: dict[str, dict[str, set[int]]] = {}  # run id -> metric -> steps logged
         self._created: set[str] = set()  # runs made here: nothing to look up on them
 
@@ -162,23 +173,32 @@ class Recorder:
             self.client.set_terminated(self.parent_id, status)
 
     # ---- children -----------------------------------------------------------------------------
-    def child_tags(self, trial_id: str, index: int | None) -> dict[str, str]:
-        return {
+    def child_tags(self, trial_id: str, number: int | None) -> dict[str, str]:
+        tags = {
             TAG_KIND: "trial",
             TAG_TRIAL: trial_id,
             TAG_SEARCH: self.info.key,
             TAG_STUDY: self.info.study,
             TAG_RUN_DIR: self.info.run_dir,
             TAG_PARENT: self.parent_id,
-            TAG_RUN_NAME: trial_run_name(index, trial_id),
+            TAG_RUN_NAME: trial_label(number, trial_id),
             TAG_TASKS: ",".join(self.info.tasks),
         }
+        if number is not None:
+            tags[TAG_OPTUNA_TRIAL] = str(number)
+        return tags
 
-    def child(self, trial_id: str, config: Mapping[str, Any], index: int | None,
+    def child(self, trial_id: str, config: Mapping[str, Any], number: int | None = None,
               start_ms: int | None = None) -> Run:
-        """The trial's child run, found or created, with its params (the trial's config)."""
+        """The trial's child run, found or created, with its params (the trial's config).
+
+        Args:
+            number: the trial's Optuna number; looked up in the study when None.
+        """
         run = self.children.get(trial_id)
-        tags = self.child_tags(trial_id, index)
+        if number is None:
+            number = self.numbers.number(trial_id)
+        tags = self.child_tags(trial_id, number)
         params = flat_params(config)
         if run is None:
             run = self.client.create_run(self.experiment_id, start_time=start_ms, tags=tags,
@@ -188,6 +208,9 @@ class Recorder:
             log_new_params(self.client, run, params)
             run.data.params.update(params)  # as the store now has them, without asking again
         else:
+            # A finished run keeps the name that gives its result (same label, longer name).
+            if run.data.tags.get(TAG_RUN_NAME, "").startswith(f"{tags[TAG_RUN_NAME]} · "):
+                del tags[TAG_RUN_NAME]
             set_tags(self.client, run.info.run_id, tags, run.data.tags)
             log_new_params(self.client, run, params)
         self.children[trial_id] = run
@@ -264,6 +287,10 @@ class Recorder:
         tags = {TAG_STATE: outcome[0]}
         if outcome[0] != "COMPLETE":
             tags[TAG_STOPPED_BY] = outcome[1]
+        trial_id = run.data.tags.get(TAG_TRIAL, "")
+        label = trial_label(self.numbers.number(trial_id), trial_id)
+        tags[TAG_RUN_NAME] = finished_run_name(label, outcome[0], outcome[1], last,
+                                               self.info.objectives)
         summary = []
         if rows:
             stamp = result_timestamp_ms(last, time.time())

@@ -84,7 +84,7 @@ def _sync_trial(recorder: Recorder, trial: TuneTrial, outcome: tuple[str, str] |
     start = None
     if "timestamp" in first:
         start = int((first["timestamp"] - float(first.get("time_total_s", 0.0))) * 1000)
-    run = recorder.child(trial.trial_id, trial.config, trial.index, start)
+    run = recorder.child(trial.trial_id, trial.config, None, start)
     summary.metrics_logged += recorder.log_results(run, trial.rows)
     if trial.finished:
         summary.deltas_logged += int(recorder.end_child(run, trial.rows, trial.errored, outcome))

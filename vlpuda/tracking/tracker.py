@@ -30,6 +30,7 @@ from vlpuda.tracking.guard import Guard, Log, warn
 from vlpuda.tracking.parent import FrontSummary, log_search_front
 from vlpuda.tracking.runs import Recorder
 from vlpuda.tracking.tunefiles import read_all
+from vlpuda.tracking.views import experiment_page
 
 if TYPE_CHECKING:
     import optuna
@@ -142,9 +143,11 @@ class SearchTracker:
             if summary is not None and finished:
                 self.guard.run(self.recorder.mark_parent, "FINISHED")
         if self.guard.enabled and summary is not None:
+            page = experiment_page(self.recorder.experiment_id,
+                                   self.dest.uri if self.dest.is_http else None)
             self.log(f"MLflow: front ({summary.front_size} of {summary.complete} complete "
                      f"trials) and hypervolume logged on parent run {self.parent_run_id}; "
-                     f"open the UI with: {ui_command(self.dest)}")
+                     f"open the UI with: {ui_command(self.dest)} and browse {page}")
         else:
             self.log(f"MLflow: tracking was off for part of this search; fill it in with: "
                      f"{sync_command(self.info.run_dir)}, then open the UI with: "

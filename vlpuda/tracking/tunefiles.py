@@ -21,7 +21,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from vlpuda.tracking.content import BEST_DELTA, trial_index
+from vlpuda.tracking.content import BEST_DELTA
 
 STATE_PREFIX = "experiment_state-"
 TUNER_FILE = "tuner.pkl"
@@ -39,7 +39,6 @@ class TuneTrial:
     experiment: str
     status: str  # Tune's: TERMINATED, ERROR, RUNNING, PENDING, PAUSED
     config: dict[str, Any]
-    index: int | None = None  # Tune's 1-based trial number
     rows: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -124,7 +123,6 @@ def read_experiment(ray_storage: str, experiment: str) -> list[TuneTrial]:
             experiment=experiment,
             status=str(entry.get("status", "PENDING")),
             config=dict(entry.get("config") or {}),
-            index=trial_index(entry.get("experiment_tag")),
             rows=_rows(fs, trial_dir) if entry.get("relative_logdir") else [],
         ))
     return trials
