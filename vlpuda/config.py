@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from vlpuda.errors import ConfigError
+from vlpuda.objectives import DEFAULT_LABEL_FREE, ORACLE, selection_problems
 
 # Sections of a preset file that belong to later stages (the search driver, tracking) and are
 # validated there; everything else is a training key.
@@ -41,6 +42,12 @@ class TrainConfig(BaseModel):
     pad: int = Field(0, ge=0)  # zero padding before the random crop (digits: small shifts)
     hflip: bool = True
     image_cache_dir: str | None = None  # decoded-image cache; default: the vlpuda cache dir
+    # UDA without target labels: tgt is a folder of images (any depth) or a path-only image list;
+    # classes come from the source (or `classes:`). Label metrics are then absent.
+    unlabeled_target: bool = False
+    target_holdout_list: str | None = None  # labelled target list, measurement only
+    source_holdout: float = Field(0.0, ge=0, lt=1)  # held-out source share: proxy_source_acc
+    selection: str | None = None  # which epoch's delta a run keeps; None: target_acc / label-free
 
     # model
     model: str = "ViT-B-16"
@@ -96,6 +103,14 @@ class TrainConfig(BaseModel):
         return self
 
     @property
+    def selection_effective(self) -> str:
+        """The selection metric: as set, else the oracle, or the default label-free validator
+        for an unlabeled target."""
+        if self.selection is not None:
+            return self.selection
+        return DEFAULT_LABEL_FREE if self.unlabeled_target else ORACLE
+
+    @property
     def rst_mode_effective(self) -> str:
         return self.rst_mode if self.rst else "off"
 
@@ -129,6 +144,12 @@ def consistency_problems(values: dict[str, Any]) -> list[str]:
             problems.append(f"{key}: {value!r} is not one of the domains {domains}")
     if get("baseline") is True and get("fixmatch") is True:
         problems.append("fixmatch: source-only training (baseline) has no target terms")
+    selection, holdout = get("selection"), get("source_holdout")
+    if isinstance(selection, str) and isinstance(holdout, (int, float)):
+        problems += selection_problems("selection", selection,
+                                       unlabeled=get("unlabeled_target") is True,
+                                       holdout=get("target_holdout_list") is not None,
+                                       source_holdout=float(holdout))
     return problems
 
 
@@ -227,4 +248,6 @@ def path_problems(cfg: TrainConfig, *, need_domains: bool = True) -> list[str]:
         elif not (root / domain).is_dir():
             found = sorted(p.name for p in root.iterdir() if p.is_dir())
             problems.append(f"{key}: no folder {root / domain} (found: {found})")
+    if cfg.target_holdout_list is not None and not (root / cfg.target_holdout_list).is_file():
+        problems.append(f"target_holdout_list: {root / cfg.target_holdout_list} does not exist")
     return problems
