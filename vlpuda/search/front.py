@@ -18,8 +18,9 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from vlpuda.search.gap import SelectionGap, selection_gap
 from vlpuda.search.pareto import default_reference, hypervolume_2d, pareto_front_mask
-from vlpuda.search.study import STOP_REASON, TUNE_TRIAL_ID
+from vlpuda.search.study import OBJECTIVE, STOP_REASON, TUNE_TRIAL_ID
 from vlpuda.search.settings import METRICS, MODES
 
 FRONT_CSV = "front.csv"
@@ -35,6 +36,8 @@ class Front:
     reference: tuple[float, ...] | None
     states: Counter = field(default_factory=Counter)  # trial counts by state name
     param_names: list[str] = field(default_factory=list)
+    metrics: tuple[str, ...] = METRICS  # result keys of the two objectives
+    gap: SelectionGap | None = None  # label-free objective on a labelled target only
 
     @property
     def numbers(self) -> list[int]:
@@ -56,6 +59,8 @@ def front_of(trials: list[FrozenTrial]) -> Front:
     complete = complete_trials(trials)
     if not complete:
         return Front([], 0.0, None, states)
+    # The searcher records the first objective's key on every trial it asks for.
+    metrics = (complete[-1].user_attrs.get(OBJECTIVE, METRICS[0]), METRICS[1])
     values = np.array([t.values for t in complete], dtype=float)
     mask = pareto_front_mask(values, MODES)
     reference = default_reference(values, MODES)
@@ -63,17 +68,23 @@ def front_of(trials: list[FrozenTrial]) -> Front:
     on_front.sort(key=lambda t: (-t.values[0], t.values[1]))
     hypervolume = hypervolume_2d(values[mask], MODES, reference)
     names = sorted({name for t in complete for name in t.params})
-    return Front(on_front, hypervolume, reference, states, names)
+    gap = selection_gap(complete, on_front) if metrics[0] != METRICS[0] else None
+    return Front(on_front, hypervolume, reference, states, names, metrics, gap)
 
 
 def front_rows(front: Front) -> list[dict[str, Any]]:
-    """One flat dict per front trial: number, objectives, last-epoch accuracy, parameters."""
+    """One flat dict per front trial: number, objectives, true accuracies (where the target has
+    labels: the oracle's best, the kept epoch's, the last epoch's), parameters."""
     rows = []
     for t in front.trials:
+        truth = ({"target_acc": t.user_attrs.get("target_acc"),
+                  "target_acc_selected": t.user_attrs.get("target_acc_selected")}
+                 if front.metrics[0] != METRICS[0] else {})
         rows.append({
             "trial": t.number,
-            METRICS[0]: t.values[0],
-            METRICS[1]: int(t.values[1]),
+            front.metrics[0]: t.values[0],
+            front.metrics[1]: int(t.values[1]),
+            **truth,
             "target_acc_last": t.user_attrs.get("target_acc_last"),
             **{name: t.params.get(name) for name in front.param_names},
             TUNE_TRIAL_ID: t.user_attrs.get(TUNE_TRIAL_ID),
@@ -110,12 +121,22 @@ def format_front(front: Front, title: str = "Pareto front") -> str:
     if not front.trials:
         lines.append("  no complete trial yet: nothing to show")
         return "\n".join(lines)
-    columns = ["trial", *METRICS, "target_acc_last", *front.param_names]
-    lines += ["  " + line for line in format_table(front_rows(front), columns)]
+    rows = front_rows(front)
+    truth = [c for c in ("target_acc", "target_acc_selected", "target_acc_last")
+             if c not in front.metrics and any(r.get(c) is not None for r in rows)]
+    columns = ["trial", *front.metrics, *truth, *front.param_names]
+    lines += ["  " + line for line in format_table(rows, columns)]
     ref = front.reference or (0.0, 0.0)
-    lines.append(f"  hypervolume {front.hypervolume:.6g} (reference: target_acc {ref[0]:g}, "
-                 f"stored_params {ref[1]:,.0f}); target_acc is the best epoch's accuracy "
-                 "(oracle selection), target_acc_last the last epoch's")
+    lines.append(f"  hypervolume {front.hypervolume:.6g} (reference: {front.metrics[0]} "
+                 f"{ref[0]:g}, stored_params {ref[1]:,.0f}); target_acc is the best epoch's "
+                 "accuracy (oracle selection), target_acc_selected the kept epoch's, "
+                 "target_acc_last the last epoch's")
+    if front.metrics[0] != METRICS[0]:
+        lines.append(f"  {front.metrics[0]}: the kept epoch's score (label-free selection)")
+        if front.gap is not None:
+            lines.append(f"  {front.gap.describe()}")
+        elif not truth:
+            lines.append("  the target is unlabeled: no true accuracy to compare with")
     return "\n".join(lines)
 
 
@@ -123,14 +144,16 @@ def trial_table(study: optuna.Study) -> str:
     """Every trial with its state, values and the reason it was stopped, for `pareto --all`."""
     trials = study.get_trials(deepcopy=False)
     names = sorted({name for t in trials for name in t.params})
+    first = next((t.user_attrs[OBJECTIVE] for t in trials if OBJECTIVE in t.user_attrs),
+                 METRICS[0])
     rows = []
     for t in trials:
         values = t.values or [None, None]
-        rows.append({"trial": t.number, "state": t.state.name, METRICS[0]: values[0],
+        rows.append({"trial": t.number, "state": t.state.name, first: values[0],
                      METRICS[1]: None if values[1] is None else int(values[1]),
                      "epoch": t.user_attrs.get("epoch"), "why": t.user_attrs.get(STOP_REASON),
                      **{n: t.params.get(n) for n in names}})
-    columns = ["trial", "state", *METRICS, "epoch", "why", *names]
+    columns = ["trial", "state", first, METRICS[1], "epoch", "why", *names]
     return "\n".join(format_table(rows, columns))
 
 
@@ -142,6 +165,8 @@ def write_front(front: Front, run_dir: Path) -> list[Path]:
     json_path.write_text(json.dumps({
         "hypervolume": front.hypervolume,
         "reference": list(front.reference) if front.reference else None,
+        "objectives": list(front.metrics),
+        **({"selection_gap": front.gap.as_dict()} if front.gap else {}),
         "trials": rows,
     }, indent=2))
     with open(csv_path, "w", newline="") as handle:

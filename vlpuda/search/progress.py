@@ -14,6 +14,7 @@ from typing import Any
 from optuna.trial import TrialState
 from ray.tune import Callback
 
+from vlpuda.search.settings import METRICS
 from vlpuda.search.study import trial_outcome
 
 
@@ -38,12 +39,14 @@ class ProgressLines(Callback):
         epochs: the full length of a trial.
         num_samples: trials planned in this run.
         budget: the stored-parameter budget, if any (to say why a trial was stopped).
+        metrics: the result keys of the search's two objectives.
     """
 
     def __init__(self, searched: tuple[str, ...], epochs: int, num_samples: int,
-                 budget: int | None = None) -> None:
+                 budget: int | None = None, metrics: tuple[str, ...] = METRICS) -> None:
         self.searched, self.epochs, self.num_samples, self.budget = (
             searched, epochs, num_samples, budget)
+        self.metrics = tuple(metrics)
         self.started = time.monotonic()
 
     def setup(self, **info: Any) -> None:
@@ -59,12 +62,15 @@ class ProgressLines(Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
-        if "target_acc" not in result:
+        first = self.metrics[0]
+        if first not in result:
             return
+        # The true accuracy only where the target has labels: absent, never shown as 0.
+        last = (f" (target_acc_last {result['target_acc_last']:.2f})"
+                if "target_acc_last" in result else "")
         self._print(
             f"trial {short_id(trial)} epoch {result.get('epoch', '?')}/{self.epochs}: "
-            f"target_acc {result['target_acc']:.2f} (last {result.get('target_acc_last', 0):.2f}) "
-            f"stored_params {int(result['stored_params']):,}"
+            f"{first} {result[first]:.4g}{last} stored_params {int(result['stored_params']):,}"
         )
 
     def _finish(self, trials: list, trial: Any, error: bool) -> None:
@@ -72,9 +78,9 @@ class ProgressLines(Callback):
         done = {t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")}
         done.add(trial.trial_id)
         result = trial.last_result or {}
-        state, reason = trial_outcome(result, error, self.epochs, self.budget)
+        state, reason = trial_outcome(result, error, self.epochs, self.budget, self.metrics)
         if state == TrialState.COMPLETE:
-            what = (f"complete: target_acc {result['target_acc']:.2f} "
+            what = (f"complete: {self.metrics[0]} {result[self.metrics[0]]:.4g} "
                     f"stored_params {int(result['stored_params']):,}")
         elif reason == "early_stopping":
             what = (f"stopped early by ASHA after epoch {result.get('epoch')}/{self.epochs} "

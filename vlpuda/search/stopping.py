@@ -19,14 +19,14 @@ TIME_ATTR = "epoch"
 
 
 def make_scheduler(plan: SearchPlan) -> TrialScheduler:
-    """ASHA on target_acc when the preset asks for it, else first-in-first-out."""
+    """ASHA on the search's first objective when the preset asks for it, else FIFO."""
     stopping = plan.settings.early_stopping
     if not stopping.asha:
         return FIFOScheduler()
     return ASHAScheduler(
         time_attr=TIME_ATTR,
-        metric="target_acc",
-        mode="max",
+        metric=plan.objectives[0][0],
+        mode=plan.objectives[1][0],
         max_t=plan.epochs,
         grace_period=plan.grace_period,
         reduction_factor=stopping.reduction_factor,

@@ -154,8 +154,10 @@ def _write_front(recorder: Recorder, folder: str, rows: list[dict[str, Any]],
 
 
 def _front_columns(front: Front) -> list[str]:
-    return ["trial", *METRICS, "target_acc_last", *front.param_names, TUNE_TRIAL_ID,
-            RUN_ID_COLUMN, "checkpoint_path"]
+    # A label-free objective: the oracle's and the kept epoch's true accuracy beside it.
+    truth = ["target_acc", "target_acc_selected"] if front.metrics[0] != METRICS[0] else []
+    return ["trial", *front.metrics, *truth, "target_acc_last", *front.param_names,
+            TUNE_TRIAL_ID, RUN_ID_COLUMN, "checkpoint_path"]
 
 
 def _title(recorder: Recorder, task: str | None, complete: int, size: int) -> str:
@@ -204,8 +206,12 @@ def log_search_front(recorder: Recorder, study: optuna.Study,
     if complete:
         rows = [{**row, RUN_ID_COLUMN: _run_id(children, row.get(TUNE_TRIAL_ID))}
                 for row in front_rows(front)]
-        points = _points(complete, values, ranks == 0)
-        references = paper_references(info.benchmark, info.model, info.task_pairs)
+        # The figure shows true accuracy wherever the target has labels (for a label-free
+        # objective: each trial's kept epoch); the paper's points only on that scale.
+        truth = (values if front.metrics[0] == METRICS[0] else _selected_accuracy(complete, values))
+        points = _points(complete, truth if truth is not None else values, ranks == 0)
+        references = (paper_references(info.benchmark, info.model, info.task_pairs)
+                      if truth is not None else [])
         artifacts += _write_front(recorder, FRONT_DIR, rows, _front_columns(front), points,
                                   _title(recorder, None, len(complete), len(front.trials)),
                                   references)
@@ -214,6 +220,8 @@ def log_search_front(recorder: Recorder, study: optuna.Study,
         "reference": list(front.reference) if front.reference else None,
         "front": front.numbers,
         "states": dict(front.states),
+        "objectives": list(front.metrics),
+        **({"selection_gap": front.gap.as_dict()} if front.gap else {}),
     }, f"{FRONT_DIR}/summary.json")
     artifacts.append(f"{FRONT_DIR}/summary.json")
 
@@ -222,7 +230,7 @@ def log_search_front(recorder: Recorder, study: optuna.Study,
     if finished:
         last = metrics[-1]
         counts = {"front_size": len(front.trials), "complete_trials": len(complete),
-                  "finished_trials": len(finished)}
+                  "finished_trials": len(finished), **(front.gap.as_dict() if front.gap else {})}
         metrics += [Metric(k, float(v), last.timestamp, last.step) for k, v in counts.items()]
     if len(info.tasks) > 1:
         metrics += _task_fronts(recorder, complete, tune_trials, children, finished, artifacts)
@@ -230,6 +238,14 @@ def log_search_front(recorder: Recorder, study: optuna.Study,
     _tag_children(recorder, trials, complete, ranks, children)
     return FrontSummary(len(front.trials), len(complete), len(finished), front.hypervolume,
                         artifacts)
+
+
+def _selected_accuracy(complete: list[FrozenTrial], values: np.ndarray) -> np.ndarray | None:
+    """(true accuracy of the kept epoch, stored_params) per trial, or None without labels."""
+    selected = [t.user_attrs.get("target_acc_selected") for t in complete]
+    if any(a is None for a in selected):
+        return None
+    return np.column_stack([np.array(selected, dtype=float), values[:, 1]])
 
 
 def _run_id(children: dict[str, Run], trial_id: Any) -> str | None:

@@ -45,7 +45,11 @@ def resolve_demo(cfg: TrainConfig) -> TrainConfig:
 
     demo = prepare_demo()
     update = {}
-    if cfg.data_dir is None:
+    if cfg.data_dir is None and cfg.unlabeled_target:
+        from vlpuda.trainables.demo_unlabeled import unlabeled_demo_dir
+
+        update["data_dir"] = str(unlabeled_demo_dir(demo.data_dir))
+    elif cfg.data_dir is None:
         update["data_dir"] = str(demo.data_dir)
     if cfg.model == DEMO_MODEL:
         update["model"] = f"local-dir:{demo.teacher_dir}"
