@@ -128,9 +128,10 @@ def format_front(front: Front, title: str = "Pareto front") -> str:
     lines += ["  " + line for line in format_table(rows, columns)]
     ref = front.reference or (0.0, 0.0)
     lines.append(f"  hypervolume {front.hypervolume:.6g} (reference: {front.metrics[0]} "
-                 f"{ref[0]:g}, stored_params {ref[1]:,.0f}); target_acc is the best epoch's "
-                 "accuracy (oracle selection), target_acc_selected the kept epoch's, "
-                 "target_acc_last the last epoch's")
+                 f"{ref[0]:g}, stored_params {ref[1]:,.0f})"
+                 + ("; target_acc is the best epoch's accuracy (oracle selection), "
+                    "target_acc_selected the kept epoch's, target_acc_last the last epoch's"
+                    if truth or front.metrics[0] == METRICS[0] else ""))
     if front.metrics[0] != METRICS[0]:
         lines.append(f"  {front.metrics[0]}: the kept epoch's score (label-free selection)")
         if front.gap is not None:
