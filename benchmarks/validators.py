@@ -9,7 +9,7 @@ the cmkd_rst space with wide bounds (learning rates up to 30x the demo's, so som
 or turn over-confident) plus two deliberately bad points. It runs the trials in-process with the
 same training loop a search's Ray workers run (vlpuda.trainables.loop.train), and appends every
 epoch's metrics (all validators and the true target accuracy, on the same target images) to
-records.jsonl, once. `analyse` computes every statistic from those records only:
+records-<task>.jsonl, once. `analyse` computes every statistic from those records only:
 
 * Spearman and Kendall (tau-b) of each validator vs true target accuracy over all checkpoints;
 * selection gap: best true accuracy of any checkpoint minus that of the validator's single pick
@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -71,11 +72,17 @@ def data_root(out: Path) -> Path:
     root = out / "data"
     root.mkdir(parents=True, exist_ok=True)
     for name in ("MNIST", "MNIST-M", "Printed"):
-        if not (root / name).exists():
+        try:  # several benchmark processes may get here at once
             os.symlink(demo.data_dir / name, root / name)
+        except FileExistsError:
+            pass
     if not (root / "SKDigits").exists():
-        sk_digits(root / "SKDigits.tmp")
-        (root / "SKDigits.tmp").rename(root / "SKDigits")
+        staging = root / f"SKDigits.tmp-{os.getpid()}"
+        sk_digits(staging)
+        try:
+            staging.rename(root / "SKDigits")
+        except OSError:
+            shutil.rmtree(staging)  # another process finished first; same images
     return root
 
 
@@ -99,28 +106,32 @@ def trial_points(n: int, seed: int) -> list[dict]:
     return [space(optuna.trial.FixedTrial(p)) for p in points[:n]]
 
 
-def run(out: Path, trials: int) -> None:
+def run(out: Path, trials: int, iters: int, tasks: list[int]) -> None:
     from vlpuda.config import load_config
     from vlpuda.trainables.assets import build_task_assets, resolve_demo
     from vlpuda.trainables.loop import train
     from vlpuda.trainables.params import apply_params
 
     root = data_root(out)
-    records = out / "records.jsonl"
-    done = set()
-    if records.exists():
-        done = {(r["task"], r["trial"]) for r in map(json.loads, records.read_text().splitlines())}
     import torch
 
     torch.set_num_threads(1)
-    for src, tgt in TASKS:
-        base, _ = load_config("configs/demo.yaml", {"src": src, "tgt": tgt, "data_dir": str(root),
-                                                    "domains": [], "source_holdout": 0.1})
+    for index in tasks:
+        src, tgt = TASKS[index]
+        # One records file per task: parallel processes (one per task) never share a file.
+        records = out / f"records-{index}.jsonl"
+        done = set()
+        if records.exists():
+            done = {r["trial"] for r in map(json.loads, records.read_text().splitlines())}
+        # The demo's recipe; a shorter epoch keeps the ramp over the whole run.
+        base, _ = load_config("configs/demo.yaml", {
+            "src": src, "tgt": tgt, "data_dir": str(root), "domains": [], "source_holdout": 0.1,
+            "iters_per_epoch": iters, "ramp_horizon": 3 * iters})
         base = resolve_demo(base)
         assets = build_task_assets(base)
         for number, params in enumerate(trial_points(trials, seed=TASKS.index((src, tgt)))):
             task = f"{src}->{tgt}"
-            if (task, number) in done:
+            if number in done:
                 continue
             cfg = apply_params(base, params).model_copy(update={"out_dir": str(out / "scratch")})
             started = time.perf_counter()
@@ -209,7 +220,8 @@ def validator_costs(n: int, classes: int = 10) -> dict[str, float]:
 def analyse(out: Path) -> None:
     from scipy.stats import kendalltau, spearmanr
 
-    rows = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for path in sorted(out.glob("records-*.jsonl"))
+            for line in path.read_text().splitlines()]
     tasks = sorted({r["task"] for r in rows}, key=[f"{s}->{t}" for s, t in TASKS].index)
     table: dict[str, dict[str, list[float]]] = {}
     for task in tasks:
@@ -252,10 +264,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("step", choices=("run", "analyse", "all"))
     parser.add_argument("--out", default="runs/bench-validators", type=Path)
     parser.add_argument("--trials", type=int, default=TRIALS)
+    parser.add_argument("--iters-per-epoch", type=int, default=50, help="the demo's 50")
+    parser.add_argument("--tasks", type=int, nargs="*", default=list(range(len(TASKS))),
+                        help="indices into TASKS (run several processes, one per task)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.step in ("run", "all"):
-        run(args.out, args.trials)
+        run(args.out, args.trials, args.iters_per_epoch, args.tasks)
     if args.step in ("analyse", "all"):
         analyse(args.out)
     return 0

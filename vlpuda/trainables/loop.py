@@ -42,6 +42,7 @@ from vlpuda.trainables.assets import (
     TaskAssets,
     build_task_assets,
     load_domain,
+    load_unlabeled_target,
     resolve_demo,
     source_split,
 )
@@ -543,8 +544,11 @@ def evaluate_delta(cfg: TrainConfig, delta: DeltaArtifact, device: torch.device 
     device = device or pick_device(cfg)
     loaded = load_clip(cfg.model, cfg.pretrained, cfg.cache_dir)
     assert cfg.tgt is not None
-    target = load_domain(cfg, cfg.tgt)
-    check_same_classes("the delta", delta.classes, target.name, target.classes)
+    if cfg.unlabeled_target:  # scored by the validators only, in the delta's class order
+        target = load_unlabeled_target(cfg, delta.classes)
+    else:
+        target = load_domain(cfg, cfg.tgt)
+        check_same_classes("the delta", delta.classes, target.name, target.classes)
     prototypes = text_prototypes(loaded, delta.classes, cfg.prompt_template)
     zs_scale = cfg.zs_scale if cfg.zs_scale is not None else loaded.logit_scale
     student = Student(visual_tower(loaded), prototypes, zs_scale)
