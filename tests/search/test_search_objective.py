@@ -9,6 +9,7 @@ from optuna.distributions import FloatDistribution
 
 from search_helpers import tiny_preset
 from vlpuda.errors import ConfigError
+from vlpuda.objectives import DEFAULT_LABEL_FREE
 from vlpuda.search.front import front_of
 from vlpuda.search.gap import selection_gap
 from vlpuda.search.settings import build_plan
@@ -29,10 +30,10 @@ def test_objective_defaults_to_oracle_or_label_free(tiny_unlabeled_assets, tmp_p
     unlabeled = tiny_preset(tiny_unlabeled_assets, tmp_path, {"num_samples": 2},
                             tgt="ClipartFlat", unlabeled_target=True)
     plan = plan_of(unlabeled)
-    assert plan.objective == "proxy_snd"
-    assert plan.objectives[0] == ("proxy_snd_best", "stored_params")
+    assert plan.objective == DEFAULT_LABEL_FREE
+    assert plan.objectives[0] == (f"{DEFAULT_LABEL_FREE}_best", "stored_params")
     # Each trial keeps the epoch the objective picks, whatever the preset's selection said.
-    assert all(task.selection == "proxy_snd" for task in plan.tasks)
+    assert all(task.selection == DEFAULT_LABEL_FREE for task in plan.tasks)
 
 
 def test_asha_ranks_by_the_search_objective(tiny_unlabeled_assets, tmp_path):
@@ -47,15 +48,15 @@ def test_per_task_unlabeled_target_refuses_the_oracle(tiny_unlabeled_assets, tmp
     tasks = [["Art", "Clipart"], {"src": "Art", "tgt": "ClipartFlat", "unlabeled_target": True}]
     preset = tiny_preset(tiny_unlabeled_assets, tmp_path, {"num_samples": 2, "tasks": tasks})
     plan = plan_of(preset)
-    assert plan.objective == "proxy_snd"
+    assert plan.objective == DEFAULT_LABEL_FREE
     assert [t.unlabeled_target for t in plan.tasks] == [False, True]
     preset["search"]["objective"] = "target_acc"
     with pytest.raises(ConfigError) as err:
         plan_of(preset)
     assert err.value.problems == [
         "search.objective: target_acc needs target labels, but the target is unlabeled "
-        "(unlabeled_target: true); use a label-free validator such as proxy_snd, or "
-        "target_acc_holdout with target_holdout_list"]
+        f"(unlabeled_target: true); use a label-free validator such as {DEFAULT_LABEL_FREE}, "
+        "or target_acc_holdout with target_holdout_list"]
 
 
 @pytest.mark.parametrize("objective, message", [
