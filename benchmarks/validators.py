@@ -64,11 +64,11 @@ def sk_digits(out: Path) -> None:
         canvas.convert("RGB").save(folder / f"{i:05d}.png")
 
 
-def data_root(out: Path) -> Path:
-    """The demo's domains (linked) plus SKDigits, under out/data."""
+def data_root(out: Path, teacher_steps: int) -> Path:
+    """The demo's domains (linked) plus SKDigits, under out/data; the teacher with them."""
     from vlpuda.trainables.demo import prepare_demo
 
-    demo = prepare_demo()
+    demo = prepare_demo(teacher_steps=teacher_steps)
     root = out / "data"
     root.mkdir(parents=True, exist_ok=True)
     for name in ("MNIST", "MNIST-M", "Printed"):
@@ -106,13 +106,14 @@ def trial_points(n: int, seed: int) -> list[dict]:
     return [space(optuna.trial.FixedTrial(p)) for p in points[:n]]
 
 
-def run(out: Path, trials: int, iters: int, tasks: list[int]) -> None:
+def run(out: Path, trials: int, iters: int, tasks: list[int], teacher_steps: int) -> None:
     from vlpuda.config import load_config
     from vlpuda.trainables.assets import build_task_assets, resolve_demo
+    from vlpuda.trainables.demo import DEFAULT_TEACHER_STEPS, prepare_demo
     from vlpuda.trainables.loop import train
     from vlpuda.trainables.params import apply_params
 
-    root = data_root(out)
+    root = data_root(out, teacher_steps)
     import torch
 
     torch.set_num_threads(1)
@@ -127,6 +128,9 @@ def run(out: Path, trials: int, iters: int, tasks: list[int]) -> None:
         base, _ = load_config("configs/demo.yaml", {
             "src": src, "tgt": tgt, "data_dir": str(root), "domains": [], "source_holdout": 0.1,
             "iters_per_epoch": iters, "ramp_horizon": 3 * iters})
+        if teacher_steps != DEFAULT_TEACHER_STEPS:  # a cheaper teacher than the demo's
+            teacher = prepare_demo(teacher_steps=teacher_steps).teacher_dir
+            base = base.model_copy(update={"model": f"local-dir:{teacher}", "pretrained": None})
         base = resolve_demo(base)
         assets = build_task_assets(base)
         for number, params in enumerate(trial_points(trials, seed=TASKS.index((src, tgt)))):
@@ -265,12 +269,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/bench-validators", type=Path)
     parser.add_argument("--trials", type=int, default=TRIALS)
     parser.add_argument("--iters-per-epoch", type=int, default=50, help="the demo's 50")
+    parser.add_argument("--teacher-steps", type=int, default=300, help="the demo's 300")
     parser.add_argument("--tasks", type=int, nargs="*", default=list(range(len(TASKS))),
                         help="indices into TASKS (run several processes, one per task)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.step in ("run", "all"):
-        run(args.out, args.trials, args.iters_per_epoch, args.tasks)
+        run(args.out, args.trials, args.iters_per_epoch, args.tasks, args.teacher_steps)
     if args.step in ("analyse", "all"):
         analyse(args.out)
     return 0
