@@ -263,9 +263,37 @@ def analyse(out: Path) -> None:
                   f" {np.mean(stats['gap']):6.2f} {np.mean(stats['hv_ratio']):8.3f}")
 
 
+def mixval_cost(n: int = 2000, repeats: int = 2) -> None:
+    """MixVal's extra forwards over the evaluation pass that scores everything else, in one run:
+    `tiny-vit-test` (tests/model_configs) on n random 32 px images, 1 thread."""
+    from contextlib import nullcontext
+
+    import open_clip
+    import torch
+
+    from vlpuda.trainables.data import decoded_from_arrays
+    from vlpuda.trainables.models import Student
+    from vlpuda.trainables.scoring import Forward, score_target
+
+    open_clip.add_model_config(Path(__file__).parents[1] / "tests/model_configs/tiny-vit-test.json")
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    model = open_clip.create_model("tiny-vit-test")
+    images = np.random.default_rng(0).integers(0, 255, (n, 32, 32, 3), dtype=np.uint8)
+    domain = decoded_from_arrays("random", [str(i) for i in range(10)],
+                                 np.full(n, -1, dtype=np.int64), images, images, labelled=False)
+    prototypes = torch.nn.functional.normalize(torch.randn(10, model.visual.output_dim), dim=1)
+    student = Student(model.visual, prototypes, 100.0)
+    fwd = Forward((0.5,) * 3, (0.5,) * 3, torch.device("cpu"), 256, nullcontext())
+    for _ in range(repeats):  # the first call warms up
+        scores = score_target(student, domain, fwd)
+    print(f"mixval_cost_ratio {scores['mixval_cost_ratio']:.3f} (bound 0.25), evaluation "
+          f"{scores['eval_seconds']:.2f} s for {n} images")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("step", choices=("run", "analyse", "all"))
+    parser.add_argument("step", choices=("run", "analyse", "all", "mixval-cost"))
     parser.add_argument("--out", default="runs/bench-validators", type=Path)
     parser.add_argument("--trials", type=int, default=TRIALS)
     parser.add_argument("--iters-per-epoch", type=int, default=50, help="the demo's 50")
@@ -278,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
         run(args.out, args.trials, args.iters_per_epoch, args.tasks, args.teacher_steps)
     if args.step in ("analyse", "all"):
         analyse(args.out)
+    if args.step == "mixval-cost":
+        mixval_cost()
     return 0
 
 
