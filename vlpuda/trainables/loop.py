@@ -117,7 +117,7 @@ def format_metrics(m: dict[str, Any]) -> str:
     return (
         f"epoch {m['epoch']:>3} it {m['iteration']:>6} | loss {m['loss']:.4f} | {accuracy}"
         f"snd {m['proxy_snd']:.3f} im {m['proxy_im']:.3f} zs-agree "
-        f"{m.get('proxy_zs_agreement', float('nan')):.1f} | kept epoch {m['best_epoch']} | "
+        f"{m.get('proxy_zs_agreement', float('nan')):.1f} | kept epoch {m.get('best_epoch', '-')} | "
         f"stored {m['stored_params']:,} ({m['delta_bytes']:,} B) | "
         f"{m['seconds_per_iteration'] * 1000:.0f} ms/it"
     )
@@ -391,7 +391,9 @@ class TaskRun:
         labelled = {}
         if assets.target.labelled:
             self.best_acc = max(self.best_acc, scores["target_acc_last"])
-            labelled = {"target_acc": self.best_acc, "target_acc_selected": self.selected_acc}
+            labelled = {"target_acc": self.best_acc}
+            if self.selected_acc is not None:  # None while no epoch has been kept (NaN scores)
+                labelled["target_acc_selected"] = self.selected_acc
         if selection != ORACLE:
             labelled[selected_key(selection)] = self.best_value
         changed = self.sparsity.changed()
