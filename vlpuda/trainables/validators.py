@@ -41,6 +41,8 @@ def batch_nuclear_norm(logits: torch.Tensor) -> float:
     """proxy_bnm = ||softmax(Z)||_* / N, the sum of singular values over N
     (docs/validators.md section 4). Depends on N: compare only on one fixed sample."""
     probs = torch.softmax(logits.double(), dim=1)
+    if not bool(torch.isfinite(probs).all()):  # a diverged model: NaN, never a kept epoch
+        return float("nan")
     return float(torch.linalg.svdvals(probs).sum() / probs.shape[0])
 
 
