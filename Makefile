@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export RAY_AUTH_MODE := disabled
 
-.PHONY: demo test install clean
+.PHONY: demo demo-unlabeled test install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,9 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/vlpuda search --config configs/demo.yaml
+
+demo-unlabeled: $(STAMP)
+	$(BIN)/vlpuda search --config configs/demo_unlabeled.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests

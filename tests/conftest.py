@@ -53,3 +53,17 @@ def ray_session():
     yield ray.get_runtime_context().gcs_address
     if started:
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_unlabeled_assets(tiny_assets) -> tuple[Path, str]:
+    """The tiny task with its Clipart images also as a flat, unlabeled folder `ClipartFlat`."""
+    import shutil
+
+    data, model = tiny_assets
+    flat = data / "ClipartFlat"
+    if not flat.is_dir():
+        flat.mkdir()
+        for i, image in enumerate(sorted((data / "Clipart").rglob("*.png"))):
+            shutil.copy(image, flat / f"{i:04d}.png")
+    return data, model

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from vlpuda.errors import ConfigError
+from vlpuda.objectives import DEFAULT_LABEL_FREE, ORACLE, selection_problems
 
 # Sections of a preset file that belong to later stages (the search driver, tracking) and are
 # validated there; everything else is a training key.
@@ -44,6 +45,12 @@ class TrainConfig(BaseModel):
     hflip: bool = True
     image_cache_dir: str | None = None  # decoded-image cache; default: the vlpuda cache dir
     pda: bool = False  # partial-set: the target's classes are a subset of the source's (by name)
+    # UDA without target labels: tgt is a folder of images (any depth) or a path-only image list;
+    # classes come from the source (or `classes:`). Label metrics are then absent.
+    unlabeled_target: bool = False
+    target_holdout_list: str | None = None  # labelled target list, measurement only
+    source_holdout: float = Field(0.0, ge=0, lt=1)  # held-out source share: proxy_source_acc
+    selection: str | None = None  # which epoch's delta a run keeps; None: target_acc / label-free
 
     # model
     model: str = "ViT-B-16"
@@ -89,10 +96,6 @@ class TrainConfig(BaseModel):
     fixmatch_threshold: float = Field(0.95, gt=0, lt=1)
     fixmatch_factor: float = Field(0.5, ge=0)
 
-    # The accuracy a run reports as target_acc and keeps its best epoch by: overall accuracy, or
-    # the mean of per-class accuracies (VisDA's metric).
-    selection: Literal["target_acc", "target_acc_class_mean"] = "target_acc"
-
     out_dir: str = "runs/train"
 
     @model_validator(mode="after")
@@ -101,6 +104,14 @@ class TrainConfig(BaseModel):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    @property
+    def selection_effective(self) -> str:
+        """The selection metric: as set, else the oracle, or the default label-free validator
+        for an unlabeled target."""
+        if self.selection is not None:
+            return self.selection
+        return DEFAULT_LABEL_FREE if self.unlabeled_target else ORACLE
 
     @property
     def rst_mode_effective(self) -> str:
@@ -141,6 +152,12 @@ def consistency_problems(values: dict[str, Any]) -> list[str]:
                         "0 < low <= high")
     if get("baseline") is True and get("fixmatch") is True:
         problems.append("fixmatch: source-only training (baseline) has no target terms")
+    selection, holdout = get("selection"), get("source_holdout")
+    if isinstance(selection, str) and isinstance(holdout, (int, float)):
+        problems += selection_problems("selection", selection,
+                                       unlabeled=get("unlabeled_target") is True,
+                                       holdout=get("target_holdout_list") is not None,
+                                       source_holdout=float(holdout))
     return problems
 
 
@@ -245,4 +262,6 @@ def path_problems(cfg: TrainConfig, *, need_domains: bool = True) -> list[str]:
         elif not (root / domain).is_dir():
             found = sorted(p.name for p in root.iterdir() if p.is_dir())
             problems.append(f"{key}: no folder {root / domain} (found: {found})")
+    if cfg.target_holdout_list is not None and not (root / cfg.target_holdout_list).is_file():
+        problems.append(f"target_holdout_list: {root / cfg.target_holdout_list} does not exist")
     return problems

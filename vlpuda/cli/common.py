@@ -31,6 +31,7 @@ FLAG_KEYS = {
     "out_dir": "out_dir",
     "device": "device",
     "precision": "precision",
+    "selection": "selection",
 }
 
 
@@ -41,6 +42,10 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="DATA_DIR/<Domain>/<class>/<image> or the image lists' root")
     parser.add_argument("--src", help="source domain (labelled), e.g. Art")
     parser.add_argument("--tgt", help="target domain (unlabelled), e.g. Clipart")
+    parser.add_argument("--unlabeled-target", action="store_true",
+                        help="the target is a folder of images (any depth) or a path-only image "
+                        "list, without labels: classes come from the source, label metrics are "
+                        "absent, epochs and trials are chosen by a label-free validator")
     parser.add_argument("--model", help="open_clip model name (RN50, ViT-B-16), local-dir:DIR or hf-hub:ORG/REPO")
     parser.add_argument("--pretrained", help="open_clip tag (openai), or a weights file")
     parser.add_argument("--cache-dir", help="Hugging Face / open_clip cache directory")
@@ -70,6 +75,8 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     add("--out-dir", help="where the checkpoint, best delta and metrics.jsonl go")
     add("--device", choices=["auto", "cpu", "cuda"])
     add("--precision", choices=["fp32", "amp_bf16", "amp_fp16"])
+    add("--selection", help="the metric that picks the epoch whose delta a run keeps: target_acc "
+        "(oracle, needs target labels), target_acc_holdout or a validator such as proxy_snd")
 
 
 def collect_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -89,6 +96,8 @@ def collect_overrides(args: argparse.Namespace) -> dict[str, Any]:
         overrides["fixmatch"] = True
     if getattr(args, "pda", False):
         overrides["pda"] = True
+    if getattr(args, "unlabeled_target", False):
+        overrides["unlabeled_target"] = True
     overrides.update(parse_overrides(args.overrides))
     return overrides
 

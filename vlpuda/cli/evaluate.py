@@ -41,9 +41,13 @@ def run(args: argparse.Namespace) -> int:
     from vlpuda.trainables.loop import evaluate_delta
 
     scores = evaluate_delta(cfg, delta, allow_other_base=args.allow_base_mismatch)
+    accuracy = (f"task head accuracy {scores['target_acc_last']:.2f} %, "
+                f"class mean {scores['target_acc_class_mean']:.2f} %, "
+                f"zero-shot head {scores['target_acc_clip']:.2f} %, "
+                if "target_acc_last" in scores else "unlabeled (no accuracy), ")
     print(
-        f"{cfg.tgt}: task head accuracy {scores['target_acc_last']:.2f} %, "
-        f"zero-shot head {scores['target_acc_clip']:.2f} %, "
+        f"{cfg.tgt}: {accuracy}SND {scores['proxy_snd']:.4f}, IM {scores['proxy_im']:.4f}, "
+        f"agreement with zero-shot {scores['proxy_zs_agreement']:.1f} %, "
         f"stored parameters {scores['stored_params']:,}"
     )
     return 0

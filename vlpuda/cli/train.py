@@ -50,11 +50,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"resuming from {resume_from}")
     final = train(cfg, reporter=reporter, resume_from=resume_from)
     out = Path(cfg.out_dir)
+    selection = cfg.selection_effective
+    kept = (f"kept epoch {final['best_epoch']} by {selection}"
+            + ("" if selection == "target_acc" else f" ({final[selection + '_best']:.4g})"))
+    accuracy = (f"target accuracy {final['target_acc_last']:.2f} (last epoch), "
+                f"{final['target_acc']:.2f} (oracle best), "
+                f"{final['target_acc_selected']:.2f} (kept epoch); "
+                if "target_acc_last" in final else "target unlabeled; ")
     print(
-        f"done: target accuracy {final['target_acc_last']:.2f} (last epoch), "
-        f"{final['target_acc']:.2f} (best epoch {final['best_epoch']}, oracle selection"
-        f"{' by class mean' if cfg.selection == 'target_acc_class_mean' else ''}); "
-        f"stored parameters {final['stored_params']:,}\n"
+        f"done: {accuracy}{kept}; stored parameters {final['stored_params']:,}\n"
         f"delta: {out / 'best_delta.safetensors'}  "
         f"(vlpuda evaluate --checkpoint {out / 'best_delta.safetensors'})"
     )

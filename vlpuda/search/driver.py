@@ -313,6 +313,7 @@ def make_searcher(plan: SearchPlan, experiment: str, first_points: list[dict[str
         full_epochs=plan.epochs,
         experiment=experiment,
         stored_params_budget=s.stored_params_budget,
+        metrics=plan.objectives[0],
         points_to_evaluate=first_points or None,
         sampler=make_sampler(s.sampler, s.seed, s.num_samples),
         study_name=plan.study_name,
@@ -349,7 +350,8 @@ def make_tuner(plan: SearchPlan, trainable, searcher, concurrency: int, experime
             stop=StoredParamsBudget(budget) if budget else None,
             callbacks=[ProgressLines(tuple(d.name for d in plan.space.searched), plan.epochs,
                                      s.num_samples, budget, scheduler,
-                                     TrialNumbers(plan.storage, plan.study_name)),
+                                     TrialNumbers(plan.storage, plan.study_name),
+                                     plan.objectives[0]),
                    *state, *callbacks],
             failure_config=ray.tune.FailureConfig(max_failures=s.max_failures),
             verbose=0,  # ProgressLines prints one line per event instead of Tune's tables

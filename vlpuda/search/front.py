@@ -21,8 +21,9 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from vlpuda.search.gap import SelectionGap, selection_gap
 from vlpuda.search.pareto import default_reference, hypervolume_2d, pareto_front_mask
-from vlpuda.search.study import LADDER, STOP_DETAIL, STOP_REASON, TUNE_TRIAL_ID
+from vlpuda.search.study import LADDER, OBJECTIVE, STOP_DETAIL, STOP_REASON, TUNE_TRIAL_ID
 from vlpuda.search.settings import METRICS, MODES
 
 FRONT_CSV = "front.csv"
@@ -41,16 +42,19 @@ class Front:
     param_names: list[str] = field(default_factory=list)
     # Sparsity-ladder points on the front: (parent trial, its ladder point), best accuracy first.
     derived: list[tuple[FrozenTrial, dict[str, Any]]] = field(default_factory=list)
+    metrics: tuple[str, ...] = METRICS  # result keys of the two objectives
+    gap: SelectionGap | None = None  # label-free objective on a labelled target only
 
     @property
     def numbers(self) -> list[int]:
         return [t.number for t in self.trials]
 
 
-def ladder_candidates(complete: list[FrozenTrial]) -> list[tuple[FrozenTrial, dict[str, Any]]]:
-    """Every complete trial's ladder points that carry both objectives."""
+def ladder_candidates(complete: list[FrozenTrial], metrics: tuple[str, ...]
+                      ) -> list[tuple[FrozenTrial, dict[str, Any]]]:
+    """Every complete trial's ladder points that carry both objectives (`metrics`)."""
     return [(t, point) for t in complete for point in t.user_attrs.get(LADDER) or []
-            if all(isinstance(point.get(m), (int, float)) for m in METRICS)]
+            if all(isinstance(point.get(m), (int, float)) for m in metrics)]
 
 
 def complete_trials(trials: list[FrozenTrial]) -> list[FrozenTrial]:
@@ -68,32 +72,40 @@ def front_of(trials: list[FrozenTrial]) -> Front:
     complete = complete_trials(trials)
     if not complete:
         return Front([], 0.0, None, states)
+    # The searcher records the first objective's key on every trial it asks for.
+    metrics = (complete[-1].user_attrs.get(OBJECTIVE, METRICS[0]), METRICS[1])
     values = np.array([t.values for t in complete], dtype=float)
     mask = pareto_front_mask(values, MODES)
     on_front = [t for t, keep in zip(complete, mask) if keep]
     on_front.sort(key=lambda t: (-t.values[0], t.values[1]))
     # Ladder points join as derived points where nothing (trial or ladder point) dominates
     # them; the trials' own front stays Optuna's best_trials, as MLflow's pareto tags say.
-    derived = ladder_candidates(complete)
-    every = np.vstack([values, [[p[m] for m in METRICS] for _, p in derived]]) \
+    derived = ladder_candidates(complete, metrics)
+    every = np.vstack([values, [[p[m] for m in metrics] for _, p in derived]]) \
         if derived else values
     every_mask = pareto_front_mask(every, MODES)
     derived_on = [d for d, keep in zip(derived, every_mask[len(complete):]) if keep]
-    derived_on.sort(key=lambda d: (-d[1][METRICS[0]], d[1][METRICS[1]]))
+    derived_on.sort(key=lambda d: (-d[1][metrics[0]], d[1][metrics[1]]))
     reference = default_reference(every, MODES)
     hypervolume = hypervolume_2d(every[every_mask], MODES, reference)
     names = sorted({name for t in complete for name in t.params})
-    return Front(on_front, hypervolume, reference, states, names, derived_on)
+    gap = selection_gap(complete, on_front) if metrics[0] != METRICS[0] else None
+    return Front(on_front, hypervolume, reference, states, names, derived_on, metrics, gap)
 
 
 def front_rows(front: Front) -> list[dict[str, Any]]:
-    """One flat dict per front trial: number, objectives, last-epoch accuracy, parameters."""
+    """One flat dict per front trial: number, objectives, true accuracies (where the target has
+    labels: the oracle's best, the kept epoch's, the last epoch's), parameters."""
     rows = []
     for t in front.trials:
+        truth = ({"target_acc": t.user_attrs.get("target_acc"),
+                  "target_acc_selected": t.user_attrs.get("target_acc_selected")}
+                 if front.metrics[0] != METRICS[0] else {})
         rows.append({
             "trial": t.number,
-            METRICS[0]: t.values[0],
-            METRICS[1]: int(t.values[1]),
+            front.metrics[0]: t.values[0],
+            front.metrics[1]: int(t.values[1]),
+            **truth,
             "target_acc_last": t.user_attrs.get("target_acc_last"),
             "target_acc_class_mean": t.user_attrs.get("target_acc_class_mean"),
             **{name: t.params.get(name) for name in front.param_names},
@@ -106,8 +118,10 @@ def front_rows(front: Front) -> list[dict[str, Any]]:
     rows = [{**row, **dict.fromkeys(LADDER_COLUMNS)} for row in rows]
     for t, point in front.derived:
         rows.append({
-            "trial": None, METRICS[0]: point[METRICS[0]], METRICS[1]: int(point[METRICS[1]]),
+            "trial": None, front.metrics[0]: point[front.metrics[0]],
+            front.metrics[1]: int(point[front.metrics[1]]),
             "target_acc_last": point.get("target_acc_last"),
+            "target_acc_class_mean": point.get("target_acc_class_mean"),
             **{name: t.params.get(name) for name in front.param_names},
             TUNE_TRIAL_ID: t.user_attrs.get(TUNE_TRIAL_ID),
             "checkpoint_path": t.user_attrs.get("checkpoint_path"),
@@ -116,10 +130,17 @@ def front_rows(front: Front) -> list[dict[str, Any]]:
     return rows  # trials first (as Optuna's best_trials), then their ladder points
 
 
+TRUTH_COLUMNS = ("target_acc", "target_acc_selected", "target_acc_last", "target_acc_class_mean")
+
+
 def front_columns(front: Front) -> list[str]:
-    """The printed columns: ladder columns only when the front holds ladder points."""
-    return ["trial", *(LADDER_COLUMNS if front.derived else ()), *METRICS, "target_acc_last",
-            "target_acc_class_mean", *front.param_names]
+    """The printed columns: the objectives, the true accuracies the rows hold (none for an
+    unlabeled target), ladder columns only when the front holds ladder points."""
+    rows = front_rows(front)
+    truth = [c for c in TRUTH_COLUMNS
+             if c not in front.metrics and any(r.get(c) is not None for r in rows)]
+    return ["trial", *(LADDER_COLUMNS if front.derived else ()), *front.metrics, *truth,
+            *front.param_names]
 
 
 def _cell(value: Any) -> str:
@@ -154,10 +175,19 @@ def format_front(front: Front, title: str = "Pareto front") -> str:
         return "\n".join(lines)
     lines += ["  " + line for line in format_table(front_rows(front), front_columns(front))]
     ref = front.reference or (0.0, 0.0)
-    lines.append(f"  hypervolume {front.hypervolume:.6g} (reference: target_acc {ref[0]:g}, "
-                 f"stored_params {ref[1]:,.0f}); target_acc is the best epoch's accuracy "
-                 "(oracle selection), target_acc_last the last epoch's, target_acc_class_mean "
-                 "the last epoch's mean of per-class accuracies")
+    labelled = any(c in front_columns(front) for c in ("target_acc", "target_acc_last"))
+    lines.append(f"  hypervolume {front.hypervolume:.6g} (reference: {front.metrics[0]} "
+                 f"{ref[0]:g}, stored_params {ref[1]:,.0f})"
+                 + ("; target_acc is the best epoch's accuracy (oracle selection), "
+                    "target_acc_selected the kept epoch's, target_acc_last the last epoch's, "
+                    "target_acc_class_mean the last epoch's mean of per-class accuracies"
+                    if labelled else ""))
+    if front.metrics[0] != METRICS[0]:
+        lines.append(f"  {front.metrics[0]}: the kept epoch's score (its selection metric)")
+        if front.gap is not None:
+            lines.append(f"  {front.gap.describe()}")
+        elif not labelled:
+            lines.append("  the target is unlabeled: no true accuracy to compare with")
     return "\n".join(lines)
 
 
@@ -165,15 +195,17 @@ def trial_table(study: optuna.Study) -> str:
     """Every trial with its state, values and the reason it was stopped, for `pareto --all`."""
     trials = study.get_trials(deepcopy=False)
     names = sorted({name for t in trials for name in t.params})
+    first = next((t.user_attrs[OBJECTIVE] for t in trials if OBJECTIVE in t.user_attrs),
+                 METRICS[0])
     rows = []
     for t in trials:
         values = t.values or [None, None]
-        rows.append({"trial": t.number, "state": t.state.name, METRICS[0]: values[0],
+        rows.append({"trial": t.number, "state": t.state.name, first: values[0],
                      METRICS[1]: None if values[1] is None else int(values[1]),
                      "epoch": t.user_attrs.get("epoch"),
                      "why": t.user_attrs.get(STOP_DETAIL) or t.user_attrs.get(STOP_REASON),
                      **{n: t.params.get(n) for n in names}})
-    columns = ["trial", "state", *METRICS, "epoch", "why", *names]
+    columns = ["trial", "state", first, METRICS[1], "epoch", "why", *names]
     return "\n".join(format_table(rows, columns))
 
 
@@ -185,6 +217,8 @@ def write_front(front: Front, run_dir: Path) -> list[Path]:
     json_path.write_text(json.dumps({
         "hypervolume": front.hypervolume,
         "reference": list(front.reference) if front.reference else None,
+        "objectives": list(front.metrics),
+        **({"selection_gap": front.gap.as_dict()} if front.gap else {}),
         "trials": rows,
     }, indent=2))
     with open(csv_path, "w", newline="") as handle:

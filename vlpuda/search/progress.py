@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 from ray.tune import Callback
 
 from vlpuda.search.moasha import stop_reason
+from vlpuda.search.settings import METRICS
 from vlpuda.search.study import trial_outcome
 from vlpuda.tracking.naming import TrialNumbers, trial_label
 
@@ -45,15 +46,18 @@ class ProgressLines(Callback):
         budget: the stored-parameter budget, if any (to say why a trial was stopped).
         scheduler: the search's scheduler; its stop_log (MOASHA, ASHA) says at which rung.
         numbers: where trial numbers are read (the study); None names trials by Tune's id.
+        metrics: the result keys of the search's two objectives.
     """
 
     def __init__(self, searched: tuple[str, ...], epochs: int, num_samples: int,
                  budget: int | None = None, scheduler: Any = None,
-                 numbers: TrialNumbers | None = None) -> None:
+                 numbers: TrialNumbers | None = None,
+                 metrics: tuple[str, ...] = METRICS) -> None:
         self.searched, self.epochs, self.num_samples, self.budget = (
             searched, epochs, num_samples, budget)
         self.scheduler = scheduler
         self.numbers = numbers
+        self.metrics = tuple(metrics)
         self.started = time.monotonic()
 
     def _name(self, trial: Any) -> str:
@@ -73,12 +77,15 @@ class ProgressLines(Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
-        if "target_acc" not in result:
+        first = self.metrics[0]
+        if first not in result:
             return
+        # The true accuracy only where the target has labels: absent, never shown as 0.
+        last = (f" (target_acc_last {result['target_acc_last']:.2f})"
+                if "target_acc_last" in result else "")
         self._print(
             f"trial {self._name(trial)} epoch {result.get('epoch', '?')}/{self.epochs}: "
-            f"target_acc {result['target_acc']:.2f} (last {result.get('target_acc_last', 0):.2f}) "
-            f"stored_params {int(result['stored_params']):,}"
+            f"{first} {result[first]:.4g}{last} stored_params {int(result['stored_params']):,}"
         )
 
     def _finish(self, trials: list, trial: Any, error: bool) -> None:
@@ -86,9 +93,9 @@ class ProgressLines(Callback):
         done = {t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")}
         done.add(trial.trial_id)
         result = trial.last_result or {}
-        state, reason = trial_outcome(result, error, self.epochs, self.budget)
+        state, reason = trial_outcome(result, error, self.epochs, self.budget, self.metrics)
         if state == TrialState.COMPLETE:
-            what = (f"complete: target_acc {result['target_acc']:.2f} "
+            what = (f"complete: {self.metrics[0]} {result[self.metrics[0]]:.4g} "
                     f"stored_params {int(result['stored_params']):,}")
             if result.get("ladder_share") is not None:  # its sparsity ladder's cost
                 what += (f"; sparsity ladder {result.get('ladder_seconds', 0):.1f} s, "

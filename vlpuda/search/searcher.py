@@ -29,6 +29,7 @@ from vlpuda.search.study import (
     KEPT_METRICS,
     LADDER,
     STOP_DETAIL,
+    OBJECTIVE,
     STOP_REASON,
     TUNE_TRIAL_ID,
     fail_running_trials,
@@ -41,19 +42,22 @@ logger = logging.getLogger(__name__)
 
 
 class ParetoOptunaSearch(OptunaSearch):
-    """OptunaSearch over [target_acc, stored_params] that tells Optuna only full-length trials.
+    """OptunaSearch over [objective, stored_params] that tells Optuna only full-length trials.
 
     Args:
         space: a define-by-run search space (vlpuda.spaces.SearchSpace).
         full_epochs: the epochs a trial must reach to count as complete.
         experiment: the Tune experiment's name, recorded on every trial this searcher asks for.
         stored_params_budget: trials that end above it are PRUNED; None for no budget.
+        metrics: the result keys of the two objectives (SearchPlan.objectives), max then min.
         **kwargs: passed to OptunaSearch (points_to_evaluate, sampler, study_name, storage).
     """
 
     def __init__(self, space, *, full_epochs: int, experiment: str,
-                 stored_params_budget: int | None = None, **kwargs: Any) -> None:
-        super().__init__(space, metric=list(METRICS), mode=list(MODES), **kwargs)
+                 stored_params_budget: int | None = None,
+                 metrics: tuple[str, ...] = METRICS, **kwargs: Any) -> None:
+        super().__init__(space, metric=list(metrics), mode=list(MODES), **kwargs)
+        self._metrics = tuple(metrics)
         self._full_epochs = full_epochs
         self._experiment = experiment
         self._budget = stored_params_budget
@@ -89,6 +93,7 @@ class ParetoOptunaSearch(OptunaSearch):
             ot_trial.set_user_attr(EXPERIMENT, self._experiment)
             # Now, not only at completion: the tracker names the trial's run by its number.
             ot_trial.set_user_attr(TUNE_TRIAL_ID, trial_id)
+            ot_trial.set_user_attr(OBJECTIVE, self._metrics[0])
         return config
 
     @property
@@ -102,8 +107,9 @@ class ParetoOptunaSearch(OptunaSearch):
     def _outcome(self, result: dict | None, error: bool
                  ) -> tuple[TrialState, str, list[float] | None]:
         """How the trial counts (trial_outcome), and its values when COMPLETE."""
-        state, reason = trial_outcome(result, error, self._full_epochs, self._budget)
-        values = [float(result[m]) for m in METRICS] if state == TrialState.COMPLETE else None
+        state, reason = trial_outcome(result, error, self._full_epochs, self._budget,
+                                      self._metrics)
+        values = [float(result[m]) for m in self._metrics] if state == TrialState.COMPLETE else None
         return state, reason, values
 
     def _attrs(self, trial_id: str, result: dict | None, state: TrialState, reason: str

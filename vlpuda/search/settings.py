@@ -17,7 +17,9 @@ collected and one ConfigError lists them all, each naming its key (`search.num_s
       early_stopping: {method: moasha, grace_period: 5}   # moasha | asha | none
       sparsity_ladder: 3              # per complete trial: its delta cut to 1/2, 1/4, 1/8
       stored_params_budget: 2.0e+6    # stop (and prune) trials that store more
-      tasks: [[Art, Clipart], [Product, Clipart]]
+      tasks: [[Art, Clipart], {src: Art, tgt: MyPhotos, unlabeled_target: true}]
+      objective: proxy_snd            # the first objective; default target_acc (labelled
+                                      # targets) or the default label-free validator
 """
 
 from __future__ import annotations
@@ -32,6 +34,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from vlpuda.config import TrainConfig, build_config, path_problems
 from vlpuda.errors import ConfigError
+from vlpuda.objectives import ORACLE, objective_metrics
+from vlpuda.search.objective import (
+    SearchTask,
+    objective_problems,
+    search_objective,
+    task_entries,
+)
 from vlpuda.search.stopping_settings import EarlyStopping, describe_stopping
 from vlpuda.spaces import SearchSpace, build_space
 
@@ -75,7 +84,10 @@ class SearchSettings(BaseModel):
     # scored as extra front points; 0 switches them off.
     sparsity_ladder: int = Field(3, ge=0, le=16)
     stored_params_budget: int | None = Field(None, gt=0)
-    tasks: list[tuple[str, str]] | None = None
+    tasks: list[tuple[str, str] | SearchTask] | None = None
+    # The first objective (a result of vlpuda.objectives.SELECTIONS); None: target_acc, or the
+    # default label-free validator when a target is unlabeled. Each trial selects its epoch by it.
+    objective: str | None = None
     storage: str | None = None  # Optuna storage URL; default sqlite:///<run_dir>/optuna.db
     name: str | None = None  # default: the preset's file name
     run_dir: str | None = None  # default: runs/<name>
@@ -97,6 +109,13 @@ class SearchPlan:
     ray_storage: str  # absolute path (or URI) for Tune and Train results
     source: str | None = None
     raw: dict[str, Any] = field(default_factory=dict)  # the preset + overrides, for --resume
+    objective: str = ORACLE  # the first objective's metric name (proxy_snd, target_acc, ...)
+
+    @property
+    def objectives(self) -> tuple[tuple[str, str], tuple[str, str]]:
+        """The result keys and modes of the two objectives: the one place the searcher, the
+        front, ASHA (and any scheduler) and MLflow take them from."""
+        return objective_metrics(self.objective)
 
     @property
     def epochs(self) -> int:
@@ -185,22 +204,25 @@ def parse_settings(section: Any) -> tuple[SearchSettings | None, list[str]]:
 
 def _task_configs(cfg: TrainConfig, settings: SearchSettings, problems: list[str]
                   ) -> list[tuple[str, TrainConfig]]:
-    """Each task's training config, with the prefix its problems are reported under."""
+    """Each task's training config, with the prefix its problems are reported under. Each
+    selects its kept epoch by the search's objective."""
+    objective = {"selection": search_objective(cfg, settings)}
     if not settings.tasks:
         if cfg.src is None or cfg.tgt is None:
             problems.append("src/tgt: a search needs a transfer task: set src and tgt "
                             "(--src Art --tgt Clipart) or list search.tasks")
             return []
-        return [("", cfg)]
+        return [("", cfg.model_copy(update=objective))]
     configs, seen = [], set()
-    for i, (src, tgt) in enumerate(settings.tasks):
+    for i, entry in enumerate(task_entries(settings)):
+        src, tgt = entry["src"], entry["tgt"]
         label = f"{SEARCH_KEY}.tasks[{i}] ([{src}, {tgt}]): "
         if (src, tgt) in seen:
             problems.append(f"{label}listed twice")
             continue
         seen.add((src, tgt))
         try:
-            task, _ = build_config({**cfg.model_dump(), "src": src, "tgt": tgt})
+            task, _ = build_config({**cfg.model_dump(), **entry, **objective})
         except ConfigError as err:
             problems.extend(label + p for p in err.problems)
             continue
@@ -344,7 +366,10 @@ def build_plan(
     settings, problems = parse_settings(section)
     if settings is None:
         raise ConfigError(problems, source)
-    labelled = _task_configs(cfg, settings, problems)
+    objective = search_objective(cfg, settings)
+    # Checked before the tasks are built, so the message names search.objective.
+    problems += objective_problems(cfg, settings, objective)
+    labelled = [] if problems else _task_configs(cfg, settings, problems)
     tasks = [task for _, task in labelled]
     space, point = _space_and_defaults(cfg, settings, source, problems)
     if tasks:
@@ -362,20 +387,23 @@ def build_plan(
     merged = {**raw, **(train_overrides or {})}
     merged[SEARCH_KEY] = section
     return SearchPlan(settings, tuple(tasks), space, point, name, run_dir, storage, name,
-                      ray_storage, source, merged)
+                      ray_storage, source, merged, objective)
 
 
 def describe_plan(plan: SearchPlan) -> list[str]:
     """A few lines saying what the search will do, for the CLI."""
     s = plan.settings
     tasks = ", ".join(f"{t.src} -> {t.tgt}" for t in plan.tasks)
-    stopping = describe_stopping(s.early_stopping, plan.grace_period, plan.epochs, METRICS)
+    stopping = describe_stopping(s.early_stopping, plan.grace_period, plan.epochs,
+                                 plan.objectives[0])
     if s.stored_params_budget:
         stopping += f"; stop above {s.stored_params_budget:,} stored parameters"
     return [
         f"search {plan.name}: {s.num_samples} trials, sampler {s.sampler}, "
         f"space {plan.space.name}",
         f"  tasks: {tasks}; {plan.epochs} epochs x {plan.tasks[0].iters_per_epoch} iterations",
+        f"  objectives: {plan.objective} (max; each trial keeps the epoch it scores best), "
+        "stored_params (min)",
         f"  per trial: {s.workers_per_trial} worker(s) x {s.cpus_per_worker:g} CPU"
         + (f", {s.gpus_per_trial:g} GPU" if s.gpus_per_trial else "")
         + "".join(f", {n:g} {name} per worker" for name, n in s.worker_resources.items()),

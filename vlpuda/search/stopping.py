@@ -12,20 +12,20 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.stopper import Stopper
 
 from vlpuda.search.moasha import LoggedASHA, MOASHAScheduler
-from vlpuda.search.settings import METRICS, MODES, SearchPlan
+from vlpuda.search.settings import SearchPlan
 
 
 def make_scheduler(plan: SearchPlan) -> TrialScheduler:
-    """The preset's early stopping: MOASHA over the search's objectives (METRICS, MODES: the one
-    place they are defined), ASHA on the first objective alone, or first-in-first-out."""
+    """The preset's early stopping: MOASHA over the search's objectives (SearchPlan.objectives: the
+    one place they are defined), ASHA on the first objective alone, or first-in-first-out."""
     stopping = plan.settings.early_stopping
     method = stopping.effective_method
     rungs = {"max_t": plan.epochs, "grace_period": plan.grace_period,
              "reduction_factor": stopping.reduction_factor}
     if method == "moasha":
-        return MOASHAScheduler(METRICS, MODES, **rungs)
+        return MOASHAScheduler(*plan.objectives, **rungs)
     if method == "asha":
-        return LoggedASHA(METRICS[0], MODES[0], **rungs)
+        return LoggedASHA(plan.objectives[0][0], plan.objectives[1][0], **rungs)
     return FIFOScheduler()
 
 

@@ -34,7 +34,11 @@ EXPERIMENT = "tune_experiment"
 EXPERIMENT_FORMAT = "tune-%Y%m%d-%H%M%S"
 # Result keys kept on each Optuna trial, so the front table can say where a trial's delta is.
 KEPT_METRICS = ("target_acc_last", "target_acc_class_mean", "epoch", "delta_bytes",
-                "checkpoint_path")
+                "checkpoint_path", "best_epoch", "target_acc", "target_acc_selected",
+                "target_acc_holdout")
+# The result key of the trial's first objective (objectives.objective_metrics), kept on every
+# trial so a front read back from the study knows what its first value is.
+OBJECTIVE = "objective"
 # What `pareto` reads from a manifest, and what --resume and sync read (the driver writes all).
 STUDY_KEYS = ("name", "study_name", "storage")
 SEARCH_KEYS = (*STUDY_KEYS, "ray_storage", "experiment", "raw")
@@ -42,7 +46,8 @@ DIRECTIONS = ["maximize" if m == "max" else "minimize" for m in MODES]
 
 
 def trial_outcome(result: dict | None, error: bool, full_epochs: int,
-                  budget: int | None = None) -> tuple[TrialState, str]:
+                  budget: int | None = None, metrics: tuple[str, ...] = METRICS
+                  ) -> tuple[TrialState, str]:
     """How a finished Tune trial counts in the study, and why.
 
     COMPLETE only for a trial that ran every epoch within the budget; a trial stopped early (by
@@ -50,7 +55,7 @@ def trial_outcome(result: dict | None, error: bool, full_epochs: int,
     """
     if error:
         return TrialState.FAIL, "error"
-    if not result or any(result.get(m) is None for m in METRICS):
+    if not result or any(result.get(m) is None for m in metrics):
         return TrialState.FAIL, "no metrics"
     if budget is not None and result["stored_params"] > budget:
         return TrialState.PRUNED, "stored_params_budget"

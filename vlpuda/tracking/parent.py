@@ -86,8 +86,8 @@ def finished_in_order(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     return sorted(done, key=lambda t: (_millis(t), t.number))
 
 
-def hypervolume_steps(finished: list[FrozenTrial], reference: tuple[float, ...] | None
-                      ) -> list[Metric]:
+def hypervolume_steps(finished: list[FrozenTrial], reference: tuple[float, ...] | None,
+                      metrics: tuple[str, ...] = METRICS) -> list[Metric]:
     """The front's hypervolume after each finished trial (step k = k trials finished).
 
     One reference for every step (the final front's), so the curve only rises when the front
@@ -98,7 +98,7 @@ def hypervolume_steps(finished: list[FrozenTrial], reference: tuple[float, ...] 
         if trial.state == TrialState.COMPLETE and trial.values is not None:
             complete.append(trial.values)
             # Its sparsity-ladder points count as the front counts them (search.front).
-            complete += [[p[m] for m in METRICS] for _, p in ladder_candidates([trial])]
+            complete += [[p[m] for m in metrics] for _, p in ladder_candidates([trial], metrics)]
             value = hypervolume_2d(np.array(complete), MODES, reference) if reference else 0.0
         steps.append(Metric(HYPERVOLUME, float(value), _millis(trial), k))
     return steps
@@ -186,10 +186,13 @@ def _points(trials: list[FrozenTrial], values: np.ndarray, mask: np.ndarray
             for t, v, m in zip(trials, values, mask)]
 
 
-def ladder_figure_points(front: Front) -> list[TrialPoint]:
-    """The front's sparsity-ladder points, labelled by parent trial and fraction ("t07 @1/4")."""
-    return [TrialPoint(t.number, float(p[METRICS[0]]), float(p[METRICS[1]]), True,
-                       f"{trial_label(t.number)} @1/{round(1 / p['fraction'])}") for t, p in front.derived]
+def ladder_figure_points(front: Front, true_accuracy: bool = True) -> list[TrialPoint]:
+    """The front's sparsity-ladder points, labelled by parent trial and fraction ("t07 @1/4"),
+    at their true accuracy (or, for an unlabeled target, their objective's score)."""
+    first = "target_acc" if true_accuracy else front.metrics[0]
+    return [TrialPoint(t.number, float(p[first]), float(p[front.metrics[1]]), True,
+                       f"{trial_label(t.number)} @1/{round(1 / p['fraction'])}")
+            for t, p in front.derived]
 
 
 def _tag_children(recorder: Recorder, trials: list[FrozenTrial], complete: list[FrozenTrial],
@@ -226,8 +229,13 @@ def log_search_front(recorder: Recorder, study: optuna.Study,
     if complete:
         rows = [{**row, RUN_ID_COLUMN: _run_id(children, row.get(TUNE_TRIAL_ID))}
                 for row in front_rows(front)]
-        points = _points(complete, values, ranks == 0) + ladder_figure_points(front)
-        references = paper_references(info.benchmark, info.model, info.task_pairs)
+        # The figure shows true accuracy wherever the target has labels (for a label-free
+        # objective: each trial's kept epoch); the paper's points only on that scale.
+        truth = (values if front.metrics[0] == METRICS[0] else _selected_accuracy(complete, values))
+        points = (_points(complete, truth if truth is not None else values, ranks == 0)
+                  + ladder_figure_points(front, true_accuracy=truth is not None))
+        references = (paper_references(info.benchmark, info.model, info.task_pairs)
+                      if truth is not None else [])
         artifacts += _write_front(recorder, FRONT_DIR, rows, _front_columns(front), points,
                                   _title(recorder, None, len(complete), len(front.trials)),
                                   references, image_step=len(finished))
@@ -245,15 +253,17 @@ def log_search_front(recorder: Recorder, study: optuna.Study,
         # Why each pruned trial stopped (the scheduler's rung and rank, or the budget).
         "pruned": {str(t.number): t.user_attrs.get(STOP_DETAIL) or t.user_attrs.get(STOP_REASON)
                    for t in trials if t.state == TrialState.PRUNED},
+        "objectives": list(front.metrics),
+        **({"selection_gap": front.gap.as_dict()} if front.gap else {}),
     }, f"{FRONT_DIR}/summary.json")
     artifacts.append(f"{FRONT_DIR}/summary.json")
 
     parent = client.get_run(recorder.parent_id)
-    metrics = hypervolume_steps(finished, front.reference)
+    metrics = hypervolume_steps(finished, front.reference, front.metrics)
     if finished:
         last = metrics[-1]
         counts = {"front_size": len(front.trials), "complete_trials": len(complete),
-                  "finished_trials": len(finished)}
+                  "finished_trials": len(finished), **(front.gap.as_dict() if front.gap else {})}
         metrics += [Metric(k, float(v), last.timestamp, last.step) for k, v in counts.items()]
     if len(info.tasks) > 1:
         metrics += _task_fronts(recorder, complete, tune_trials, children, finished, artifacts)
@@ -261,6 +271,14 @@ def log_search_front(recorder: Recorder, study: optuna.Study,
     _tag_children(recorder, trials, complete, ranks, children)
     return FrontSummary(len(front.trials), len(complete), len(finished), front.hypervolume,
                         artifacts)
+
+
+def _selected_accuracy(complete: list[FrozenTrial], values: np.ndarray) -> np.ndarray | None:
+    """(true accuracy of the kept epoch, stored_params) per trial, or None without labels."""
+    selected = [t.user_attrs.get("target_acc_selected") for t in complete]
+    if any(a is None for a in selected):
+        return None
+    return np.column_stack([np.array(selected, dtype=float), values[:, 1]])
 
 
 def _run_id(children: dict[str, Run], trial_id: Any) -> str | None:

@@ -84,9 +84,12 @@ def list_class_folders(root: Path) -> list[str]:
     # before every lowercase name. Label i is classes[i]; prompts must follow this order.
     classes = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
     if not classes:
+        flat = any(_is_image(entry.name) for entry in os.scandir(root))
         raise DataError(
             f"domain folder {root} has no class subfolders; "
             "expected one subfolder of images per class (ImageFolder layout)"
+            + ("; its images have no labels: if it is the target, pass --unlabeled-target "
+               "(unlabeled_target: true)" if flat else "")
         )
     return classes
 
@@ -221,6 +224,7 @@ class DecodedDomain:
     labels: np.ndarray  # int64 (N,)
     train_images: np.ndarray  # uint8 (N, S, S, 3)
     test_images: np.ndarray  # uint8 (N, T, T, 3)
+    labelled: bool = True  # False: an unlabeled target, whose `labels` are placeholders (-1)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -232,6 +236,7 @@ def decoded_from_arrays(
     labels: np.ndarray,
     train_images: np.ndarray,
     test_images: np.ndarray,
+    labelled: bool = True,
 ) -> DecodedDomain:
     """Build a DecodedDomain from arrays, checking the shapes and dtypes the loop relies on."""
     labels = np.asarray(labels)
@@ -244,10 +249,10 @@ def decoded_from_arrays(
                              f"{arr.shape}")
         if arr.shape[0] != n or arr.shape[1] != arr.shape[2]:
             raise ValueError(f"{name}: {field} must be ({n}, S, S, 3), got {arr.shape}")
-    if n and (labels.min() < 0 or labels.max() >= len(classes)):
+    if labelled and n and (labels.min() < 0 or labels.max() >= len(classes)):
         raise ValueError(f"{name}: labels must lie in [0, {len(classes)})")
     return DecodedDomain(name, list(classes), labels.astype(np.int64, copy=False),
-                         train_images, test_images)
+                         train_images, test_images, labelled)
 
 
 def _decode_file(path: Path, sizes: Sequence[int]) -> list[np.ndarray]:
@@ -349,6 +354,7 @@ def decode_domain(
     image_size: int,
     cache_dir: Path | None = None,
     num_threads: int = 4,
+    labelled: bool = True,
 ) -> DecodedDomain:
     """Decode every image once to (S, S) and (T, T) uint8 arrays, reusing a disk cache if given."""
     if not samples:
@@ -365,7 +371,7 @@ def decode_domain(
         if not entry.is_dir():
             _decode_to_cache(entry, samples, sizes, num_threads)
         arrays = _load_cached(entry, len(samples), sizes)
-    return decoded_from_arrays(name, classes, labels, arrays[0], arrays[-1])
+    return decoded_from_arrays(name, classes, labels, arrays[0], arrays[-1], labelled)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -98,7 +98,9 @@ def score_ladder(sparsity: ResidualSparsity, head: torch.nn.Module, visual: torc
             sparsity.weights.copy_(cut)
             scores = score()
             save(directory / ladder_file(2 ** i))
-            points.append({"fraction": 2.0 ** -i, "target_acc": scores["target_acc_last"],
+            oracle = ({"target_acc": scores["target_acc_last"]} if "target_acc_last" in scores
+                      else {})  # absent for an unlabeled target
+            points.append({"fraction": 2.0 ** -i, **oracle,
                            **scores, "stored_params": keep + head_params,
                            "changed_params": keep})
     finally:

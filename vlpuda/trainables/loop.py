@@ -12,8 +12,12 @@ Metrics (a contract across Tune, Optuna, MLflow and the CLI; accuracies in perce
   target_acc_class_mean  mean of the per-class accuracies of the current iterate, over the
                    classes the target holds (metrics.py)
   target_acc_clip  the zero-shot CLIP head on the current encoder
-  proxy_im         label-free: H(mean p) - mean H(p) on the target (higher: confident and diverse)
-  proxy_clip_agreement  label-free: % of target images where task head and CLIP head agree
+  target_acc_selected  target accuracy of the epoch `selection` keeps (best_epoch)
+  target_acc_holdout   accuracy on target_holdout_list (measurement only, never trained on)
+  proxy_*          label-free validators on the target, higher is better (scoring.py,
+                   docs/validators.md); proxy_clip_agreement compares with the drifting CLIP head
+  <selection>_best the kept epoch's value of the selection metric (target_acc for the oracle)
+  (every target_acc* but target_acc_holdout is absent, not zero, for an unlabeled target)
   stored_params    nnz(w - w0) over the visual tower + head parameters (the paper's DSP)
   delta_bytes      size of the delta artifact on disk
   train_started_at wall-clock time (s since the epoch) of this process's first training step
@@ -21,7 +25,9 @@ Metrics (a contract across Tune, Optuna, MLflow and the CLI; accuracies in perce
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import shutil
 import tempfile
 import time
@@ -36,7 +42,15 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from vlpuda.config import TrainConfig
-from vlpuda.trainables.assets import TaskAssets, build_task_assets, load_domain, resolve_demo
+from vlpuda.objectives import ORACLE, selected_key
+from vlpuda.trainables.assets import (
+    TaskAssets,
+    build_task_assets,
+    load_domain,
+    load_unlabeled_target,
+    resolve_demo,
+    source_split,
+)
 from vlpuda.trainables.data import (
     DecodedDomain,
     InfiniteSampler,
@@ -48,12 +62,12 @@ from vlpuda.trainables.filekind import StateFileError, load_state_file
 from vlpuda.trainables.fingerprint import FINGERPRINT_KEY, weights_fingerprint
 from vlpuda.trainables.ladder import LADDER_SECONDS, LADDER_SHARE, ladder_metrics, score_ladder
 from vlpuda.trainables.losses import LossWeights, cmkd_terms, fixmatch_term, ramp
-from vlpuda.trainables.metrics import class_mean_accuracy, per_class_counts
 from vlpuda.trainables.models import Student, load_clip, text_prototypes, visual_tower
 from vlpuda.trainables.partial import align_target
 from vlpuda.trainables.prune import STATE_FILE
 from vlpuda.trainables.records import append_epoch
 from vlpuda.trainables.resized_crop import resized_crop_views
+from vlpuda.trainables.scoring import Forward, domain_logits, labelled_accuracy, score_target
 from vlpuda.trainables.rst import (
     DeltaArtifact,
     ResidualSparsity,
@@ -110,12 +124,15 @@ class LocalReporter:
 
 
 def format_metrics(m: dict[str, Any]) -> str:
+    accuracy = (f"target acc last {m['target_acc_last']:.2f} class-mean "
+                f"{m['target_acc_class_mean']:.2f} best(oracle) {m['target_acc']:.2f} "
+                f"clip {m['target_acc_clip']:.2f} | " if "target_acc_last" in m
+                else "target unlabeled | ")
     return (
-        f"epoch {m['epoch']:>3} it {m['iteration']:>6} | loss {m['loss']:.4f} | "
-        f"target acc last {m['target_acc_last']:.2f} class-mean {m['target_acc_class_mean']:.2f} "
-        f"best(oracle) {m['target_acc']:.2f} "
-        f"clip {m['target_acc_clip']:.2f} | agree {m['proxy_clip_agreement']:.1f} "
-        f"im {m['proxy_im']:.3f} | stored {m['stored_params']:,} ({m['delta_bytes']:,} B) | "
+        f"epoch {m['epoch']:>3} it {m['iteration']:>6} | loss {m['loss']:.4f} | {accuracy}"
+        f"snd {m['proxy_snd']:.3f} im {m['proxy_im']:.3f} zs-agree "
+        f"{m.get('proxy_zs_agreement', float('nan')):.1f} | kept epoch {m.get('best_epoch', '-')} | "
+        f"stored {m['stored_params']:,} ({m['delta_bytes']:,} B) | "
         f"{m['seconds_per_iteration'] * 1000:.0f} ms/it"
     )
 
@@ -140,7 +157,6 @@ def autocast_for(cfg: TrainConfig, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-@torch.no_grad()
 def evaluate(
     student: Student,
     domain: DecodedDomain,
@@ -151,52 +167,14 @@ def evaluate(
     autocast,
     memory_format: torch.memory_format = torch.contiguous_format,
     sharded: bool = True,
+    zero_shot: torch.Tensor | None = None,
 ) -> dict[str, float]:
-    """Target accuracy of both heads and label-free proxies; each rank scores a shard, then sums.
-    `memory_format`: the input layout the model trains with (channels_last for such a ResNet).
-    `sharded=False`: this rank scores every image alone (the others are not taking part)."""
-    rank, world = ((dist.get_rank(), dist.get_world_size())
-                   if sharded and dist.is_initialized() else (0, 1))
-    was_training = student.training
-    student.eval()
-    indices = np.arange(rank, len(domain), world)
-    num_classes = student.prototypes.shape[0]
-    # correct_task, correct_clip, agree, count, sum_entropy, then sum of p per class, then the
-    # task head's correct and count per true class
-    sums = torch.zeros(5 + 3 * num_classes, dtype=torch.float64, device=device)
-    for start in range(0, len(indices), batch_size):
-        chunk = indices[start : start + batch_size]
-        images = torch.from_numpy(np.asarray(domain.test_images[chunk])).to(device)
-        labels = torch.from_numpy(np.asarray(domain.labels[chunk])).to(device)
-        with autocast:
-            ((task_logits, clip_logits),) = student(model_input(images, mean, std,
-                                                                memory_format))
-        probs = task_logits.float().softmax(dim=1)
-        task_pred, clip_pred = task_logits.argmax(dim=1), clip_logits.argmax(dim=1)
-        entropy = -(probs * probs.clamp_min(1e-12).log()).sum(dim=1)
-        sums[0] += (task_pred == labels).sum()
-        sums[1] += (clip_pred == labels).sum()
-        sums[2] += (task_pred == clip_pred).sum()
-        sums[3] += len(chunk)
-        sums[4] += entropy.sum()
-        sums[5 : 5 + num_classes] += probs.sum(dim=0).double()
-        correct, per_class = per_class_counts(task_pred, labels, num_classes)
-        sums[5 + num_classes : 5 + 2 * num_classes] += correct
-        sums[5 + 2 * num_classes :] += per_class
-    if world > 1:
-        dist.all_reduce(sums)
-    student.train(was_training)
-    count = sums[3].item()
-    mean_probs = sums[5 : 5 + num_classes] / count
-    marginal_entropy = -(mean_probs * mean_probs.clamp_min(1e-12).log()).sum().item()
-    return {
-        "target_acc_last": 100.0 * sums[0].item() / count,
-        "target_acc_class_mean": class_mean_accuracy(sums[5 + num_classes : 5 + 2 * num_classes],
-                                                     sums[5 + 2 * num_classes :]),
-        "target_acc_clip": 100.0 * sums[1].item() / count,
-        "proxy_clip_agreement": 100.0 * sums[2].item() / count,
-        "proxy_im": marginal_entropy - sums[4].item() / count,
-    }
+    """Target accuracies (labelled targets only) and label-free validators; each rank scores a
+    shard, then the shards are gathered (scoring.py). `memory_format`: the input layout the model
+    trains with (channels_last for such a ResNet); `sharded=False`: this rank scores every image
+    alone (the others are not taking part); `zero_shot`: the frozen zero-shot predictions."""
+    fwd = Forward(mean, std, device, batch_size, autocast, memory_format, sharded)
+    return score_target(student, domain, fwd, zero_shot)
 
 
 def delta_metadata(cfg: TrainConfig, assets: TaskAssets, epoch: int, base: str
@@ -294,8 +272,10 @@ class TaskRun:
             )
         if cfg.compile:
             self.model = torch.compile(self.model)
+        # The held-out source slice (source_holdout) never trains: it scores proxy_source_acc.
+        self.src_train, self.src_holdout = source_split(len(assets.source), cfg.source_holdout)
         self.src_sampler = InfiniteSampler(
-            len(assets.source), cfg.batch_size, cfg.seed, self.rank, world
+            len(self.src_train), cfg.batch_size, cfg.seed, self.rank, world
         )
         self.tgt_sampler = InfiniteSampler(
             len(assets.target), cfg.target_batch_size, cfg.seed + 1, self.rank, world
@@ -308,6 +288,12 @@ class TaskRun:
             fill_colour(assets.mean), cfg.seed, self.rank) if cfg.fixmatch else None
         self.weights = LossWeights(cfg.lambda1, cfg.lambda2, cfg.lambda3, cfg.label_smoothing)
         self.iteration, self.epoch, self.best_acc, self.best_epoch = 0, 0, -1.0, 0
+        # best_value: the kept epoch's selection score; best_acc: the oracle's best accuracy;
+        # selected_acc: the true accuracy of the kept epoch (the last two need target labels).
+        self.best_value, self.selected_acc = -math.inf, None
+        # The frozen zero-shot predictions, before any training (and before a resumed delta is
+        # applied): proxy_zs_agreement compares every epoch's task head with them.
+        self.zero_shot = domain_logits(self.student, assets.target, self._forward())[1].argmax(1)
         self.scratch = Path(tempfile.mkdtemp(prefix="vlpuda-run-"))
         self.best_delta: Path | None = None  # a copy of the best epoch's delta, kept on rank 0
         if resume_from is not None:
@@ -373,7 +359,7 @@ class TaskRun:
             decay = inverse_decay(self.iteration, cfg.lr_gamma, cfg.lr_decay)
             for group in self.optimizer.param_groups:
                 group["lr"] = group["lr_base"] * decay
-            src_index = self.src_sampler.next_batch()
+            src_index = self.src_train[self.src_sampler.next_batch()]
             src_labels = torch.from_numpy(assets.source.labels[src_index]).to(self.device)
             batches = [self._weak_view(assets.source, src_index)]
             if self.strong is not None:  # weak and strong views of the same target images
@@ -411,18 +397,43 @@ class TaskRun:
         return metrics
 
     # ---- evaluation and checkpoints ----------------------------------------------------------
+    def _forward(self) -> Forward:
+        return Forward(self.assets.mean, self.assets.std, self.device, self.cfg.eval_batch_size,
+                       self.autocast, self._layout)
+
+    def _scores(self, fwd: Forward) -> dict[str, Any]:
+        """Every target metric of the model as it is now (validators, accuracies where labels
+        exist, the labelled target holdout and the held-out source slice)."""
+        assets = self.assets
+        scores = score_target(self.student, assets.target, fwd, self.zero_shot)
+        if assets.target_holdout is not None:
+            scores["target_acc_holdout"] = labelled_accuracy(self.student, assets.target_holdout,
+                                                             fwd)
+        if len(self.src_holdout):
+            scores["proxy_source_acc"] = labelled_accuracy(self.student, assets.source, fwd,
+                                                           self.src_holdout)
+        return scores
+
     def evaluate(self) -> dict[str, Any]:
-        scores = evaluate(self.student, self.assets.target, self.assets.mean, self.assets.std,
-                          self.device, self.cfg.eval_batch_size, self.autocast, self._layout)
-        # The accuracy the run reports and keeps its best epoch by (`selection`).
-        selected = scores["target_acc_last" if self.cfg.selection == "target_acc"
-                          else self.cfg.selection]
-        self.is_best = selected > self.best_acc
+        scores, assets = self._scores(self._forward()), self.assets
+        # The selection metric picks the epoch whose delta is kept; ties keep the earlier one.
+        selection = self.cfg.selection_effective
+        value = scores["target_acc_last" if selection == ORACLE else selection]
+        self.is_best = value > self.best_value  # False for NaN: such an epoch is never kept
         if self.is_best:
-            self.best_acc, self.best_epoch = selected, self.epoch
+            self.best_value, self.best_epoch = value, self.epoch
+            self.selected_acc = scores.get("target_acc_last")
+        labelled = {}
+        if assets.target.labelled:
+            self.best_acc = max(self.best_acc, scores["target_acc_last"])
+            labelled = {"target_acc": self.best_acc}
+            if self.selected_acc is not None:  # None while no epoch has been kept (NaN scores)
+                labelled["target_acc_selected"] = self.selected_acc
+        if selection != ORACLE:
+            labelled[selected_key(selection)] = self.best_value
         changed = self.sparsity.changed()
         return {
-            "target_acc": self.best_acc,
+            **labelled,
             "best_epoch": self.best_epoch,
             **scores,
             "stored_params": stored_params(changed, self.student.head),
@@ -455,6 +466,8 @@ class TaskRun:
             "epoch": self.epoch,
             "best_acc": self.best_acc,
             "best_epoch": self.best_epoch,
+            "best_value": self.best_value,
+            "selected_acc": -1.0 if self.selected_acc is None else self.selected_acc,
         }
         torch.save(state, directory / STATE_FILE)
         return delta_bytes
@@ -473,9 +486,12 @@ class TaskRun:
             set_rng_state(self.generator, state["rng"])
             self.iteration, self.epoch = int(state["iteration"]), int(state["epoch"])
             self.best_acc, self.best_epoch = float(state["best_acc"]), int(state["best_epoch"])
+            self.best_value = float(state.get("best_value", self.best_acc))
+            selected = float(state.get("selected_acc", self.best_acc))
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as err:
             raise StateFileError(f"{directory / STATE_FILE} is not the training state of this "
                                  f"run ({type(err).__name__}: {err}); {restart}") from None
+        self.selected_acc = None if selected < 0 else selected
         kept = directory / BEST_DELTA_FILE
         self.best_delta = self.scratch / "best.safetensors"
         shutil.copy(kept if kept.exists() else directory / DELTA_FILE, self.best_delta)
@@ -484,9 +500,11 @@ class TaskRun:
         """The best epoch's delta cut to 1/2 .. 1/2^steps of its changed weights, each cut
         scored on the target and written to `directory` (trainables/ladder.py). Rank 0 only."""
         def score() -> dict[str, Any]:
-            return evaluate(self.student, self.assets.target, self.assets.mean, self.assets.std,
-                            self.device, self.cfg.eval_batch_size, self.autocast, self._layout,
-                            sharded=False)
+            scores = self._scores(dataclasses.replace(self._forward(), sharded=False))
+            selection = self.cfg.selection_effective
+            if selection != ORACLE:  # the cut's value of the search's objective, under its key
+                scores[selected_key(selection)] = scores[selection]
+            return scores
 
         def save(path: Path) -> None:
             save_delta(path, self.sparsity.named_pairs(), self.student.head.state_dict(),
@@ -510,7 +528,9 @@ def aggregate(per_task: dict[str, dict[str, Any]]) -> dict[str, Any]:
         return dict(next(iter(per_task.values())))
     runs = list(per_task.values())
     combined: dict[str, Any] = {}
-    for name in runs[0]:
+    # A metric some task lacks (label metrics of an unlabeled target) has no aggregate: a mean
+    # over the other tasks would pass for all of them.
+    for name in [n for n in runs[0] if all(n in run for run in runs)]:
         values = [run[name] for run in runs]
         if name in ("stored_params", "changed_params", "delta_bytes", LADDER_SECONDS) \
                 or name.endswith(("/stored_params", "/changed_params")):  # ladder points
@@ -597,16 +617,21 @@ def evaluate_delta(cfg: TrainConfig, delta: DeltaArtifact, device: torch.device 
     device = device or pick_device(cfg)
     loaded = load_clip(cfg.model, cfg.pretrained, cfg.cache_dir)
     assert cfg.tgt is not None
-    target = load_domain(cfg, cfg.tgt)
-    target = align_target(cfg.pda, "the delta", delta.classes, target)
+    if cfg.unlabeled_target:  # scored by the validators only, in the delta's class order
+        target = load_unlabeled_target(cfg, delta.classes)
+    else:
+        target = align_target(cfg.pda, "the delta", delta.classes, load_domain(cfg, cfg.tgt))
     prototypes = text_prototypes(loaded, delta.classes, cfg.prompt_template)
     zs_scale = cfg.zs_scale if cfg.zs_scale is not None else loaded.logit_scale
     student = Student(visual_tower(loaded), prototypes, zs_scale)
     reference = ResidualSparsity(student.visual)  # w0, to count what the delta changed
+    fwd = Forward(loaded.mean, loaded.std, torch.device("cpu"), cfg.eval_batch_size,
+                  nullcontext())
+    zero_shot = domain_logits(student, target, fwd)[1].argmax(1)  # the frozen zero-shot head
     apply_delta_(student.visual, delta, allow_other_base=allow_other_base)
     changed = reference.changed()  # before the move: w0 stays where the model was built
     student.head.load_state_dict(delta.head_state)
     student.to(device)
     scores = evaluate(student, target, loaded.mean, loaded.std, device, cfg.eval_batch_size,
-                      autocast_for(cfg, device))
+                      autocast_for(cfg, device), zero_shot=zero_shot)
     return {**scores, "stored_params": stored_params(changed, student.head)}
