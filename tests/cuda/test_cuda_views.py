@@ -10,7 +10,7 @@ import torch
 from cuda_helpers import relative_error, tiny_task_run, tiny_visual
 from helpers import write_tiny_domains
 
-from vlpuda.trainables.data import cached_train_input, model_input, strong_views, train_views
+from vlpuda.trainables.data import cached_train_input, model_input, train_views
 from vlpuda.trainables.rst import ResidualSparsity
 
 pytestmark = pytest.mark.cuda
@@ -45,10 +45,9 @@ def test_trainer_views_match_across_devices(device, tmp_path):
             for d in (device, torch.device("cpu"))]
     views = []
     for run in runs:
-        index = run.tgt_sampler.next_batch()
-        images = run._images(run.assets.target, index)
+        # the strong view is drawn on the CPU (PIL, strong_view.py) by the run's prefetcher
+        index, strong = run.strong.next(run.iteration, ahead=False)
         weak = run._weak_view(run.assets.target, index)
-        strong = strong_views(images, run.cfg.image_size, run.generator)
         views.append((weak.cpu(), strong.cpu()))
         run.close()
     (weak_device, strong_device), (weak_cpu, strong_cpu) = views
