@@ -52,10 +52,14 @@ def test_visda_preset_reports_and_selects_the_class_mean() -> None:
     from pathlib import Path
 
     from vlpuda.config import load_config
+    from vlpuda.objectives import DEFAULT_LABEL_FREE
 
     configs = Path(__file__).resolve().parents[2] / "configs"
     assert load_config(configs / "visda.yaml")[0].selection == "target_acc_class_mean"
     # Every other preset keeps overall accuracy, the paper's metric there.
     for preset in sorted(configs.glob("*.yaml")):
         if preset.name != "visda.yaml":
-            assert load_config(preset)[0].selection == "target_acc", preset.name
+            cfg = load_config(preset)[0]
+            assert cfg.selection is None, preset.name  # the default: the oracle, or label-free
+            assert cfg.selection_effective == (DEFAULT_LABEL_FREE if cfg.unlabeled_target
+                                               else "target_acc"), preset.name

@@ -72,8 +72,10 @@ class ProgressLines(Callback):
         print(f"[{time.monotonic() - self.started:5.0f}s] {message}", file=sys.stdout, flush=True)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._print(f"trial {self._name(trial)} started: "
-                    f"{format_params(trial.config, self.searched)}")
+        name, tune_id = self._name(trial), short_id(trial)
+        # Tune's id too, once: Tune's and Train's folders are named by it (train-trial_id=...).
+        also = f" (Tune trial {tune_id})" if name != tune_id else ""
+        self._print(f"trial {name} started{also}: {format_params(trial.config, self.searched)}")
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
