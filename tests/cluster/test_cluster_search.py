@@ -29,7 +29,6 @@ from search_on_cluster import REPORT
 from vlpuda.errors import ConfigError, VlpudaError
 from vlpuda.search.driver import TRAIN_DRIVER, derive_concurrency, driver_resources
 from vlpuda.search.settings import SearchSettings, build_plan, parse_settings
-from vlpuda.trainables.trial import REPLAYED
 
 SEARCH_ON_CLUSTER = Path(__file__).with_name("search_on_cluster.py")
 ACCELERATOR = "fake_gpu"  # one per GPU node, one per trial: at most one trial per node
@@ -325,12 +324,10 @@ def test_a_lost_gpu_node_costs_a_retry_from_the_last_checkpoint(cluster, tiny_as
     results = history[trial]
     assert len({r["worker_started_at"] for r in results}) == 2, results  # it was interrupted
     # ... and resumed from its checkpoint: its epochs go on where they stopped, never back to 1
-    # (the retry first reports its checkpoint's epoch again, marked as a replay: the epoch Tune
-    # may not have heard of), and the epochs after the loss ran on another node.
+    # (the retry first reports its checkpoint's epoch again: Tune may not have heard of it, so
+    # an epoch may repeat right after itself), and the epochs after the loss ran on another node.
     epochs = [r["epoch"] for r in results]
     assert [e for e, _ in groupby(epochs)] == [1, 2, 3], epochs
-    assert all(r["epoch"] == previous["epoch"]
-               for previous, r in zip(results, results[1:]) if r.get(REPLAYED)), epochs
     assert results[0]["node_id"] == node_id != results[-1]["node_id"]
     assert_cluster_is_idle(report)
 
