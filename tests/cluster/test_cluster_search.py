@@ -159,9 +159,6 @@ def write_preset(tiny_assets, tmp_path: Path, name: str, search: dict, **train) 
                             "lr_multiplier": {"low": 1, "high": 100}},
         "run_dir": str(tmp_path / name),
         "worker_resources": {ACCELERATOR: 1},  # the stand-in GPU: one trial per GPU node
-        # Placement, retries and resources are under test here, not the ladder (tests/search):
-        # its evaluations would only lengthen each trial on a loaded 2-core machine.
-        "sparsity_ladder": 0,
         **search,
     }
     path = tmp_path / f"{name}.yaml"
