@@ -19,7 +19,7 @@ import ray
 from ray.util.state import list_actors
 
 from vlpuda.cli import main
-from vlpuda.search.driver import connect_ray
+from vlpuda.search.cluster import connect_ray
 from vlpuda.search.settings import SearchSettings
 
 # The actors that show where each part of a trial ran: Tune's trial (the Train driver), its

@@ -27,7 +27,7 @@ from optuna.trial import TrialState
 from helpers import tiny_train_overrides, write_tiny_domains
 from search_on_cluster import REPORT
 from vlpuda.errors import ConfigError, VlpudaError
-from vlpuda.search.driver import TRAIN_DRIVER, derive_concurrency, driver_resources
+from vlpuda.search.cluster import TRAIN_DRIVER, derive_concurrency, driver_resources
 from vlpuda.search.settings import SearchSettings, build_plan, parse_settings
 
 SEARCH_ON_CLUSTER = Path(__file__).with_name("search_on_cluster.py")

@@ -96,7 +96,8 @@ def tiny_trainable(config: dict[str, Any], *, tasks: tuple[str, ...], out: str) 
 
 def real_trainable(plan):
     """The search's real trial function (Ray Train, the training loop) with shared assets."""
-    from vlpuda.search.driver import build_assets, make_trainable, share
+    from vlpuda.search.assets import build_assets, share
+    from vlpuda.search.tuner import make_trainable
 
     tasks, assets = build_assets(plan, log=lambda message: None)
     return make_trainable(plan, tasks, share(assets))

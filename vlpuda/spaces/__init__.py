@@ -5,17 +5,14 @@ from __future__ import annotations
 
 from vlpuda.spaces.catalogue import DEFAULT_DIMENSIONS, SPACES, make_space
 from vlpuda.spaces.overrides import SPACE_KEY, build_space
-from vlpuda.spaces.space import (
-    OVERRIDES_KEY,
-    PARAMETER_DOMAINS,
+from vlpuda.spaces.dimension import (
     Dimension,
-    Domain,
-    SearchSpace,
     categorical_dimension,
-    derive_rst_threshold,
     fixed_dimension,
     float_dimension,
 )
+from vlpuda.spaces.domains import PARAMETER_DOMAINS, Domain
+from vlpuda.spaces.space import OVERRIDES_KEY, SearchSpace, derive_rst_threshold
 
 __all__ = [
     "DEFAULT_DIMENSIONS",

@@ -14,7 +14,8 @@ adds the variant's own parameters:
 
 from __future__ import annotations
 
-from vlpuda.spaces.space import Dimension, SearchSpace, float_dimension
+from vlpuda.spaces.dimension import Dimension, float_dimension
+from vlpuda.spaces.space import SearchSpace
 
 # Paper lrs: 3e-9 (VisDA RN101) to 3e-6 (ViT); 3e-4 collapses training. A decade past each end.
 LR = float_dimension("lr", 1e-9, 1e-5, log=True)

@@ -18,15 +18,9 @@ from typing import Any
 
 from vlpuda.errors import ConfigError
 from vlpuda.spaces.catalogue import DEFAULT_DIMENSIONS, SPACES
-from vlpuda.spaces.space import (
-    OVERRIDES_KEY,
-    Dimension,
-    SearchSpace,
-    categorical_dimension,
-    domain_problem,
-    fixed_dimension,
-    parse_number,
-)
+from vlpuda.spaces.dimension import Dimension, categorical_dimension, fixed_dimension
+from vlpuda.spaces.domains import domain_problem, parse_number
+from vlpuda.spaces.space import OVERRIDES_KEY, SearchSpace
 
 # The config key that names the space.
 SPACE_KEY = "search.space"

@@ -1,4 +1,4 @@
-"""Search dimensions and define-by-run search spaces for OptunaSearch.
+"""Define-by-run search spaces for OptunaSearch (their dimensions: `vlpuda.spaces.dimension`).
 
 A `SearchSpace` is a callable `space(trial) -> dict`: OptunaSearch hands it a trial, it calls
 `trial.suggest_*` once per searched dimension, and the dict it returns is merged into the trial's
@@ -15,219 +15,19 @@ all see the tau that was actually used.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import optuna
-from optuna.distributions import (
-    BaseDistribution,
-    CategoricalDistribution,
-    FloatDistribution,
-    IntDistribution,
-)
+from optuna.distributions import BaseDistribution
 
 from vlpuda.errors import ConfigError
-
-DimensionKind = Literal["float", "int", "categorical", "fixed"]
+from vlpuda.spaces.dimension import Dimension
+from vlpuda.spaces.domains import parse_number
 
 # Where a user fixes or narrows a dimension; messages name keys under it.
 OVERRIDES_KEY = "search.space_overrides"
-
-
-@dataclass(frozen=True)
-class Domain:
-    """The values a parameter can legally take, whatever the search bounds say.
-
-    Attributes:
-        low: lower end of the legal interval.
-        high: upper end of the legal interval.
-        low_open: True when `low` itself is illegal.
-        high_open: True when `high` itself is illegal.
-        what: what the parameter is, for messages ("a learning rate").
-    """
-
-    low: float
-    high: float
-    low_open: bool
-    high_open: bool
-    what: str
-
-    def contains(self, value: float) -> bool:
-        """Whether `value` lies in the legal interval."""
-        above = value > self.low if self.low_open else value >= self.low
-        below = value < self.high if self.high_open else value <= self.high
-        return above and below
-
-    def describe(self) -> str:
-        """The interval in words: "> 0", ">= 0" or "in (0, 1]"."""
-        if math.isinf(self.high):
-            return f"{'>' if self.low_open else '>='} {self.low:g}"
-        left = "(" if self.low_open else "["
-        right = ")" if self.high_open else "]"
-        return f"in {left}{self.low:g}, {self.high:g}{right}"
-
-
-_POSITIVE = (0.0, math.inf, True, False)
-_NON_NEGATIVE = (0.0, math.inf, False, False)
-
-# Legal values per parameter: what a user may fix, choose or bound a dimension to.
-PARAMETER_DOMAINS: dict[str, Domain] = {
-    "lr": Domain(*_POSITIVE, "the encoder learning rate"),
-    "lr_multiplier": Domain(*_POSITIVE, "the head / encoder learning-rate ratio"),
-    "lambda1": Domain(*_NON_NEGATIVE, "a loss weight"),
-    "lambda2": Domain(*_NON_NEGATIVE, "a loss weight"),
-    "lambda3": Domain(*_NON_NEGATIVE, "a loss weight"),
-    "label_smoothing": Domain(0.0, 1.0, False, True, "label smoothing"),
-    "rst_threshold_over_lr": Domain(*_POSITIVE, "the RST threshold / lr"),
-    "rst_ratio": Domain(0.0, 1.0, True, False, "the fraction of visual weights kept changed"),
-    "fixmatch_threshold": Domain(0.0, 1.0, True, True, "a confidence threshold"),
-    "fixmatch_factor": Domain(*_NON_NEGATIVE, "a loss weight"),
-}
-
-
-def parse_number(raw: Any, *, integer: bool = False) -> float | int | None:
-    """A finite number from a YAML value, or None when it is not one.
-
-    Numeric strings are accepted because YAML 1.1 (PyYAML) reads `1e-6`, without a dot, as the
-    string "1e-6". Booleans are refused although Python counts them as ints.
-
-    Args:
-        raw: the value as parsed from YAML or given in code.
-        integer: require an integral value and return an int.
-
-    Returns:
-        The number (float, or int when `integer`), or None.
-    """
-    if isinstance(raw, bool):
-        return None
-    if isinstance(raw, (int, float)):
-        number = float(raw)
-    elif isinstance(raw, str):
-        try:
-            number = float(raw.strip())
-        except ValueError:
-            return None
-    else:
-        return None
-    if not math.isfinite(number):
-        return None
-    if integer:
-        return int(number) if number.is_integer() else None
-    return number
-
-
-def domain_problem(name: str, value: float, key: str) -> str | None:
-    """The message for a value outside its parameter's legal domain, or None when it is legal."""
-    domain = PARAMETER_DOMAINS.get(name)
-    if domain is None or domain.contains(value):
-        return None
-    return f"{key}: {domain.what} must be {domain.describe()}, got {value:g}"
-
-
-@dataclass(frozen=True)
-class Dimension:
-    """One parameter of a search space.
-
-    Attributes:
-        name: the trainer's flat config name.
-        kind: "float" or "int" (a range), "categorical" (a choice list) or "fixed" (one value,
-            not searched).
-        low: lower bound of a range, inclusive.
-        high: upper bound of a range, inclusive.
-        log: sample a range uniformly in log space.
-        choices: the options of a categorical dimension.
-        value: the value of a fixed dimension.
-    """
-
-    name: str
-    kind: DimensionKind
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    choices: tuple[Any, ...] | None = None
-    value: Any | None = None
-
-    def __post_init__(self) -> None:
-        # Programming errors only: user input is validated into messages before it gets here.
-        if self.kind in ("float", "int"):
-            if self.low is None or self.high is None or self.low > self.high:
-                raise ValueError(f"dimension {self.name}: needs low <= high")
-            if self.log and self.low <= 0:
-                raise ValueError(f"dimension {self.name}: a log range needs low > 0")
-        elif self.kind == "categorical":
-            if not self.choices:
-                raise ValueError(f"dimension {self.name}: needs at least one choice")
-        elif self.kind == "fixed":
-            if self.value is None:
-                raise ValueError(f"dimension {self.name}: a fixed dimension needs a value")
-        else:
-            raise ValueError(f"dimension {self.name}: unknown kind {self.kind!r}")
-
-    @property
-    def searched(self) -> bool:
-        """True unless the dimension is fixed."""
-        return self.kind != "fixed"
-
-    def suggest(self, trial: optuna.trial.BaseTrial) -> Any:
-        """Draw this dimension's value from `trial` (or return the fixed value).
-
-        Only `trial.suggest_*` is called, so Ray's wrapper around the trial (which records the
-        suggested values) works as well as a plain `optuna.Trial`.
-        """
-        if self.kind == "float":
-            return trial.suggest_float(self.name, self.low, self.high, log=self.log)
-        if self.kind == "int":
-            return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log)
-        if self.kind == "categorical":
-            return trial.suggest_categorical(self.name, list(self.choices or ()))
-        return self.value
-
-    def distribution(self) -> BaseDistribution:
-        """The Optuna distribution `suggest` samples from.
-
-        Raises:
-            ValueError: for a fixed dimension, which Optuna never sees.
-        """
-        if self.kind == "float":
-            return FloatDistribution(self.low, self.high, log=self.log)
-        if self.kind == "int":
-            return IntDistribution(int(self.low), int(self.high), log=self.log)
-        if self.kind == "categorical":
-            return CategoricalDistribution(list(self.choices or ()))
-        raise ValueError(f"dimension {self.name} is fixed and has no distribution")
-
-    def contains(self, value: Any) -> bool:
-        """Whether `value` is one this dimension can produce."""
-        if self.kind in ("float", "int"):
-            return self.low <= value <= self.high
-        if self.kind == "categorical":
-            return value in (self.choices or ())
-        return value == self.value
-
-    def describe(self) -> str:
-        """A short human-readable form: "[1e-09, 1e-05] log", "one of (1000, 10000)", "= 0.1"."""
-        if self.kind in ("float", "int"):
-            return f"{self.kind} [{self.low:g}, {self.high:g}]{' log' if self.log else ''}"
-        if self.kind == "categorical":
-            return f"one of {self.choices}"
-        return f"= {self.value!r}"
-
-
-def float_dimension(name: str, low: float, high: float, *, log: bool = False) -> Dimension:
-    """A float range dimension, sampled uniformly (or log-uniformly when `log`)."""
-    return Dimension(name, "float", low=float(low), high=float(high), log=log)
-
-
-def fixed_dimension(name: str, value: Any) -> Dimension:
-    """A dimension pinned to one value: not searched, but still in every trial's config."""
-    return Dimension(name, "fixed", value=value)
-
-
-def categorical_dimension(name: str, choices: tuple[Any, ...]) -> Dimension:
-    """A dimension chosen from a list of options."""
-    return Dimension(name, "categorical", choices=tuple(choices))
 
 
 def derive_rst_threshold(params: Mapping[str, Any]) -> dict[str, float]:
