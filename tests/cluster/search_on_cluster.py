@@ -53,12 +53,26 @@ def settle(timeout_s: float) -> dict:
         time.sleep(0.5)
 
 
-def actors() -> list[dict]:
-    """This search's trial actors (the State API also lists dead ones, earlier searches' too)."""
+def actors(timeout_s: float = 90) -> list[dict]:
+    """This search's trial actors (the State API also lists dead ones, earlier searches' too).
+
+    Asked again until every kind of trial actor is listed: on a loaded machine the dashboard's
+    State API can answer before it has caught up with the actors that ran (or time out)."""
     job = ray.get_runtime_context().get_job_id()
-    return [{"class_name": a.class_name, "node_id": a.node_id, "state": a.state}
-            for a in list_actors(limit=10_000, raise_on_missing_output=False)
-            if a.class_name in ACTORS and a.job_id == job]
+    started = time.monotonic()
+    while True:
+        try:
+            listed = list_actors(filters=[("job_id", "=", job)], limit=10_000, timeout=60,
+                                 raise_on_missing_output=False)
+        except Exception as error:  # the State API not answering yet: ask again
+            print(f"list_actors failed: {error!r}", file=sys.stderr, flush=True)
+            listed = []
+        found = [{"class_name": a.class_name, "node_id": a.node_id, "state": a.state}
+                 for a in listed if a.class_name in ACTORS]
+        if {a["class_name"] for a in found} >= set(ACTORS) \
+                or time.monotonic() - started > timeout_s:
+            return found
+        time.sleep(2)
 
 
 if __name__ == "__main__":

@@ -274,9 +274,9 @@ def test_trials_spread_over_gpu_nodes_within_their_share(cluster, spread_search)
     placed = {}
     for actor in report["actors"]:
         placed.setdefault(actor["class_name"], set()).add(actor["node_id"])
-    assert placed["ImplicitFunc"] == {driver_node}
-    assert placed["TrainController"] == {driver_node}
-    assert placed["RayTrainWorker"] == gpu_nodes
+    assert placed.get("ImplicitFunc") == {driver_node}, report["actors"]
+    assert placed.get("TrainController") == {driver_node}, report["actors"]
+    assert placed.get("RayTrainWorker") == gpu_nodes, report["actors"]
 
 
 @pytest.mark.slow
