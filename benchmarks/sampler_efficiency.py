@@ -54,7 +54,7 @@ import optuna  # noqa: E402
 import yaml  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
-from vlpuda.search.pareto import hypervolume_history  # noqa: E402
+from vlpuda.front.pareto import hypervolume_history  # noqa: E402
 from vlpuda.search.study import make_sampler  # noqa: E402
 from vlpuda.spaces import SearchSpace, build_space  # noqa: E402
 

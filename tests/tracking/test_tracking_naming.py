@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import optuna
 
-from vlpuda.tracking.naming import TrialNumbers, compact_count, finished_run_name, trial_label
+from vlpuda.naming import TrialNumbers, compact_count, finished_run_name, trial_label
 
 OBJECTIVES = ("target_acc", "stored_params")
 

@@ -21,23 +21,23 @@ from typing import TYPE_CHECKING, Any
 
 from vlpuda.config import TrainConfig
 from vlpuda.errors import ConfigError, VlpudaError
-from vlpuda.search.front import Front, format_front, front_of, write_front
-from vlpuda.search.settings import MANIFEST, SearchPlan, SearchSettings, plan_from_manifest
+from vlpuda.front.table import format_front, write_front
+from vlpuda.front.trials import Front, front_of
+from vlpuda.layout import MANIFEST, SEARCH_KEYS, read_manifest, write_manifest
+from vlpuda.search.plan import SearchPlan, plan_from_manifest
+from vlpuda.search.settings import SearchSettings
 from vlpuda.search.study import (
-    SEARCH_KEYS,
     experiment_counts,
     fail_running_trials,
     load_study,
     make_sampler,
     new_experiment_name,
     open_storage,
-    read_manifest,
     tune_trial_numbers,
-    write_manifest,
 )
 
 if TYPE_CHECKING:
-    from vlpuda.tracking.tracker import SearchTracker
+    from vlpuda.tracking.live import SearchTracker
 
 Log = Callable[[str], None]
 
@@ -325,9 +325,9 @@ def make_tuner(plan: SearchPlan, trainable, searcher, concurrency: int, experime
                callbacks: tuple = ()):
     import ray.tune
 
+    from vlpuda.naming import TrialNumbers
     from vlpuda.search.moasha import MOASHAScheduler, SchedulerState
     from vlpuda.search.progress import ProgressLines
-    from vlpuda.tracking.naming import TrialNumbers
     from vlpuda.search.stopping import StoredParamsBudget, make_scheduler
 
     s = plan.settings
@@ -448,7 +448,7 @@ def run_search(plan: SearchPlan, log: Log = _log) -> Front:
         searcher = make_searcher(plan, experiment, first)
         # MLflow: a parent run now, a child per trial from the Tune driver, the front at the end.
         # Opened before the manifest says "running", so a tracking error leaves nothing to resume.
-        from vlpuda.tracking.tracker import open_search_tracker
+        from vlpuda.search.tracked import open_search_tracker
 
         tracker = open_search_tracker(plan, experiment, log)
         write_manifest(plan.run_dir, _manifest(plan, experiment, "running"))
@@ -484,7 +484,7 @@ def resume_search(run_dir: str | Path, log: Log = _log) -> Front:
         # searcher's state comes back from the experiment's snapshot.
         # The restored Tuner brings its MLflow callback back (it finds its runs by their tags);
         # this tracker writes the front at the end.
-        from vlpuda.tracking.tracker import open_search_tracker
+        from vlpuda.search.tracked import open_search_tracker
 
         tracker = open_search_tracker(plan, experiment, log)
         tuner = ray.tune.Tuner.restore(path, trainable=make_trainable(plan, tasks, refs),

@@ -17,10 +17,9 @@ from typing import Any
 from optuna.trial import TrialState
 from ray.tune import Callback
 
+from vlpuda.naming import TrialNumbers, trial_label
+from vlpuda.objectives import METRICS, trial_outcome
 from vlpuda.search.moasha import stop_reason
-from vlpuda.search.settings import METRICS
-from vlpuda.search.study import trial_outcome
-from vlpuda.tracking.naming import TrialNumbers, trial_label
 
 
 def short_id(trial: Any) -> str:
