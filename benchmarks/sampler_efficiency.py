@@ -13,7 +13,7 @@ The real search machinery runs unchanged; only the training is replaced:
   samplers  vlpuda.search.study.make_sampler for the named ones (tpe, nsga2, random, gp); the
             variants it cannot build (multivariate TPE, other NSGA-II populations) are constructed
             directly with the same seed,
-  maths     vlpuda.search.pareto.hypervolume_history under one fixed reference point.
+  maths     vlpuda.front.pareto.hypervolume_history under one fixed reference point.
 The trainer is replaced by `surrogate`, a cheap deterministic model of ViT-B/16 on Office-Home
 built from the paper's figures (method.md sections 4, 6 and 8). It is not a prediction of real
 accuracies: it only has the shape the search has to find (an lr plateau with a collapse above

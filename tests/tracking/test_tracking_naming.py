@@ -1,4 +1,4 @@
-"""Trial labels and run names (vlpuda.tracking.naming), against hand-written expectations."""
+"""Trial labels and run names (vlpuda.naming), against hand-written expectations."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@
     [ 160s] trial t00 complete: target_acc 91.35 stored_params 431,101 [1/6 finished]
 
 Trials are named by their Optuna number, as the front, MLflow and optuna-dashboard name them
-(vlpuda.tracking.naming).
+(vlpuda.naming).
 """
 
 from __future__ import annotations

@@ -31,8 +31,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from vlpuda.config import TrainConfig, build_config
 from vlpuda.errors import ConfigError, validation_problems
-from vlpuda.search.objective import SearchTask, objective_problems, search_objective, task_entries
-from vlpuda.search.stopping_settings import EarlyStopping, describe_stopping
+from vlpuda.search.objective import SearchTask, search_objective, task_entries
+from vlpuda.search.stopping_settings import EarlyStopping
 from vlpuda.spaces import SearchSpace, build_space
 
 SEARCH_KEY = "search"

@@ -1,4 +1,5 @@
-"""MLflow tracking of searches: where to log, runs, the front on the parent, live logging, back-fill.
+"""MLflow tracking of searches: where to log, runs, the front on the parent, live logging,
+back-fill.
 
     where.py     the `tracking:` section and the destination, resolved once into the search plan
     content.py   what a run holds: the search's identity (SearchInfo), tags, metrics, params

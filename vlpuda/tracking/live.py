@@ -1,5 +1,6 @@
 """Logging a search while it runs: the SearchTracker the driver holds, the Tune callback that
-logs each trial as a child run, and the Guard that keeps a tracking failure from failing the search.
+logs each trial as a child run, and the Guard that keeps a tracking failure from failing the
+search.
 
     tracker = SearchTracker.open(info, dest, ray_storage)       # before tuner.fit()
     run_config = RunConfig(callbacks=[..., tracker.tune_callback()])

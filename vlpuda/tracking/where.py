@@ -120,8 +120,8 @@ def resolve_destination(uri: str | None, run_dir: Path) -> Destination:
     raise TrackingError(
         f"tracking URI {uri!r} is not supported: give an http(s):// tracking server, a database "
         f"URL (sqlite:////abs/path/mlflow.db, postgresql://...), a path to a .db file, or leave "
-        f"it unset for the search's own RUN_DIR/{MLFLOW_DB} (MLflow 3 no longer writes to ./mlruns "
-        "file stores)"
+        f"it unset for the search's own RUN_DIR/{MLFLOW_DB} (MLflow 3 no longer writes to "
+        "./mlruns file stores)"
     )
 
 
