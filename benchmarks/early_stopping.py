@@ -61,9 +61,9 @@ from sampler_efficiency import (  # noqa: E402
 )
 
 from vlpuda.search.moasha import LoggedASHA, MOASHAScheduler  # noqa: E402
-from vlpuda.search.pareto import hypervolume_2d, pareto_front_mask  # noqa: E402
+from vlpuda.front.pareto import hypervolume_2d, pareto_front_mask  # noqa: E402
 from vlpuda.search.searcher import ParetoOptunaSearch  # noqa: E402
-from vlpuda.search.settings import METRICS, MODES  # noqa: E402
+from vlpuda.objectives import METRICS, MODES  # noqa: E402
 from vlpuda.search.study import make_sampler  # noqa: E402
 from vlpuda.spaces import build_space  # noqa: E402
 from vlpuda.trainables.ladder import ladder_metrics  # noqa: E402

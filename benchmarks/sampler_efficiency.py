@@ -13,7 +13,7 @@ The real search machinery runs unchanged; only the training is replaced:
   samplers  vlpuda.search.study.make_sampler for the named ones (tpe, nsga2, random, gp); the
             variants it cannot build (multivariate TPE, other NSGA-II populations) are constructed
             directly with the same seed,
-  maths     vlpuda.search.pareto.hypervolume_history under one fixed reference point.
+  maths     vlpuda.front.pareto.hypervolume_history under one fixed reference point.
 The trainer is replaced by `surrogate`, a cheap deterministic model of ViT-B/16 on Office-Home
 built from the paper's figures (method.md sections 4, 6 and 8). It is not a prediction of real
 accuracies: it only has the shape the search has to find (an lr plateau with a collapse above
@@ -54,7 +54,7 @@ import optuna  # noqa: E402
 import yaml  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
-from vlpuda.search.pareto import hypervolume_history  # noqa: E402
+from vlpuda.front.pareto import hypervolume_history  # noqa: E402
 from vlpuda.search.study import make_sampler  # noqa: E402
 from vlpuda.spaces import SearchSpace, build_space  # noqa: E402
 

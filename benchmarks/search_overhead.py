@@ -77,10 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from vlpuda.config import parse_overrides, read_yaml
+    from vlpuda.layout import read_manifest
     from vlpuda.search.cluster import derive_concurrency, local_cluster_cpus
     from vlpuda.search.driver import run_search
-    from vlpuda.search.settings import build_plan, split_overrides
-    from vlpuda.search.study import read_manifest
+    from vlpuda.search.plan import build_plan, split_overrides
 
     train, search = split_overrides(parse_overrides(args.overrides))
     scratch = tempfile.mkdtemp(prefix="vlpuda-bench-")

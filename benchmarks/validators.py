@@ -165,7 +165,7 @@ def selection_gap(acc: np.ndarray, score: np.ndarray) -> float:
 
 def front_hv(points: np.ndarray) -> float:
     """Hypervolume of (accuracy max, stored min) points against the module's reference."""
-    from vlpuda.search.pareto import hypervolume_2d, pareto_front_mask
+    from vlpuda.front.pareto import hypervolume_2d, pareto_front_mask
 
     mask = pareto_front_mask(points, ("max", "min"))
     return hypervolume_2d(points[mask], ("max", "min"), REFERENCE)
@@ -176,7 +176,7 @@ REFERENCE: tuple[float, float] = (0.0, 1.0)
 
 def front_ratio(rows: list[dict], name: str) -> float:
     """True-accuracy hypervolume of the validator's front over the oracle front's."""
-    from vlpuda.search.pareto import pareto_front_mask
+    from vlpuda.front.pareto import pareto_front_mask
 
     global REFERENCE
     by_trial: dict[int, list[dict]] = {}

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from vlpuda.errors import ConfigError
+from vlpuda.errors import ConfigError, validation_problems
 from vlpuda.objectives import DEFAULT_LABEL_FREE, ORACLE, selection_problems
 
 # Sections of a preset file that belong to later stages (the search driver, tracking) and are
@@ -167,17 +167,7 @@ def _suggest(key: str) -> str:
 
 
 def _format_errors(err: ValidationError) -> list[str]:
-    problems = []
-    for item in err.errors():
-        key = ".".join(str(part) for part in item["loc"])
-        if item["type"] == "extra_forbidden":
-            problems.append(f"{key}: unknown key{_suggest(key)}")
-        elif not key:  # model-level validator: several problems joined with "; "
-            message = item["msg"].removeprefix("Value error, ")
-            problems.extend(message.split("; "))
-        else:
-            problems.append(f"{key}: {item['msg']} (got {item.get('input')!r})")
-    return problems
+    return validation_problems(err.errors(), unknown=lambda key: f"unknown key{_suggest(key)}")
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

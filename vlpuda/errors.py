@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 
 class VlpudaError(Exception):
     """Base class: the message says what went wrong, where (file or key), and what to do."""
@@ -22,3 +25,25 @@ class DataError(VlpudaError):
 
 class ModelLoadError(VlpudaError):
     """A model name or its weights cannot be resolved."""
+
+
+def validation_problems(errors: list[dict[str, Any]], prefix: str = "",
+                        unknown: Callable[[str], str] = lambda key: "unknown key") -> list[str]:
+    """Pydantic's `ValidationError.errors()` as problems, each naming its key (`prefix.key`).
+
+    Args:
+        errors: the items of `err.errors()`.
+        prefix: the section the model validated (`search`, `tracking`), or "" for the top level.
+        unknown: what to say of an unknown key, given the key (e.g. the valid keys).
+    """
+    problems = []
+    for item in errors:
+        key = ".".join([*([prefix] if prefix else []), *(str(part) for part in item["loc"])])
+        if item["type"] == "extra_forbidden":
+            problems.append(f"{key}: {unknown(key)}")
+        elif not key:  # model-level validator: several problems joined with "; "
+            message = item["msg"].removeprefix("Value error, ")
+            problems.extend(message.split("; "))
+        else:
+            problems.append(f"{key}: {item['msg']} (got {item.get('input')!r})")
+    return problems

@@ -8,6 +8,11 @@ oracle (it is already the best so far), `<name>_best` otherwise (`proxy_snd_best
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from optuna.trial import TrialState
+
 # Label-free validators, each stored higher-is-better (docs/validators.md).
 VALIDATORS = ("proxy_entropy", "proxy_im", "proxy_bnm", "proxy_snd", "proxy_mixval",
               "proxy_zs_agreement", "proxy_source_acc")
@@ -25,6 +30,48 @@ LABEL_METRICS = ("target_acc", "target_acc_last", "target_acc_clip", "target_acc
 # where SND, entropy and MixVal score it best (docs/validators.md).
 DEFAULT_LABEL_FREE = "proxy_bnm"
 STORED = "stored_params"
+# The two objectives of a labelled search (the first is `selected_key(objective)` in general):
+# names are the metrics contract, modes are Ray's spelling.
+METRICS = (ORACLE, STORED)
+MODES = ("max", "min")
+DIRECTIONS = ["maximize" if m == "max" else "minimize" for m in MODES]  # Optuna's spelling
+
+# ---- result keys: what the training loop reports each epoch (the metrics contract) ----------
+# The per-epoch metrics worth a chart; trainables/loop.py's docstring documents each of them.
+RESULT_METRICS = frozenset({
+    "target_acc", "target_acc_last", "target_acc_class_mean", "target_acc_clip", "stored_params",
+    "delta_bytes", "changed_params", "changed_fraction", "best_epoch", "epoch", "loss", "lr",
+    "seconds_per_iteration", "peak_gpu_memory_gib", "target_acc_selected", "target_acc_holdout",
+    "target_acc_holdout_best", "target_acc_class_mean_best", "eval_seconds", "mixval_cost_ratio",
+})
+PROXY_PREFIX = "proxy_"
+# The step of each metric; Tune's own counter is the fallback for results without it.
+STEP_KEYS = ("iteration", "training_iteration")
+
+
+def task_metric(task: str, name: str) -> str:
+    """The result key of one task's metric in a multi-task trial: `Art_to_Clipart/target_acc`."""
+    return f"{task}/{name}"
+
+
+# ---- what a study trial carries (Optuna user attributes) and how a Tune trial counts ---------
+# Why a trial was pruned or failed.
+STOP_REASON = "stopped_by"
+# For a trial the scheduler stopped: which rung and its rank there ("moasha rung 5: 4th of 7").
+STOP_DETAIL = "stopped_at"
+# A complete trial's sparsity ladder: [{fraction, target_acc, stored_params, ...}], densest first.
+LADDER = "ladder"
+TUNE_TRIAL_ID = "tune_trial_id"
+# The Tune experiment that asked for a trial: cleanup after a crash touches only its own trials,
+# never those of another search sharing the study.
+EXPERIMENT = "tune_experiment"
+# Result keys kept on each Optuna trial, so the front table can say where a trial's delta is.
+KEPT_METRICS = ("target_acc_last", "target_acc_class_mean", "epoch", "delta_bytes",
+                "checkpoint_path", "best_epoch", "target_acc", "target_acc_selected",
+                "target_acc_holdout")
+# The result key of the trial's first objective (objective_metrics), kept on every trial so a
+# front read back from the study knows what its first value is.
+OBJECTIVE = "objective"
 
 
 def selected_key(name: str) -> str:
@@ -54,3 +101,24 @@ def selection_problems(key: str, name: str, *, unlabeled: bool, holdout: bool,
         return [f"{key}: proxy_source_acc needs a held-out source slice: set source_holdout "
                 "(e.g. 0.1)"]
     return []
+
+
+def trial_outcome(result: dict | None, error: bool, full_epochs: int,
+                  budget: int | None = None, metrics: tuple[str, ...] = METRICS
+                  ) -> tuple[TrialState, str]:
+    """How a finished Tune trial counts in the study, and why.
+
+    COMPLETE only for a trial that ran every epoch within the budget; a trial stopped early (by
+    ASHA) or over the storage budget is PRUNED; an error or a missing metric is a FAIL.
+    """
+    from optuna.trial import TrialState
+
+    if error:
+        return TrialState.FAIL, "error"
+    if not result or any(result.get(m) is None for m in metrics):
+        return TrialState.FAIL, "no metrics"
+    if budget is not None and result["stored_params"] > budget:
+        return TrialState.PRUNED, "stored_params_budget"
+    if result.get("epoch", 0) < full_epochs:
+        return TrialState.PRUNED, "early_stopping"
+    return TrialState.COMPLETE, "complete"

@@ -28,7 +28,8 @@ from helpers import tiny_train_overrides, write_tiny_domains
 from search_on_cluster import REPORT
 from vlpuda.errors import ConfigError, VlpudaError
 from vlpuda.search.cluster import TRAIN_DRIVER, derive_concurrency, driver_resources
-from vlpuda.search.settings import SearchSettings, build_plan, parse_settings
+from vlpuda.search.plan import build_plan
+from vlpuda.search.settings import SearchSettings, parse_settings
 
 SEARCH_ON_CLUSTER = Path(__file__).with_name("search_on_cluster.py")
 ACCELERATOR = "fake_gpu"  # one per GPU node, one per trial: at most one trial per node
@@ -202,7 +203,8 @@ def seed_study(run_dir: Path, name: str, *points: dict) -> None:
 
 
 def run_study(run_dir: Path):
-    from vlpuda.search.study import load_study, read_manifest
+    from vlpuda.layout import read_manifest
+    from vlpuda.search.study import load_study
 
     return load_study(read_manifest(run_dir))
 
@@ -211,7 +213,7 @@ def tune_history(run_dir: Path) -> dict[str, list[dict]]:
     """Every result each trial reported to Tune, in order, retries included."""
     import ray.tune
 
-    from vlpuda.search.study import read_manifest
+    from vlpuda.layout import read_manifest
 
     manifest = read_manifest(run_dir)
     analysis = ray.tune.ExperimentAnalysis(str(Path(manifest["ray_storage"])

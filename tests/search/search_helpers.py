@@ -36,7 +36,8 @@ def write_preset(path: Path, preset: dict[str, Any]) -> Path:
 
 def run_study(run_dir: Path):
     """The Optuna study of a search, found through its run dir's manifest."""
-    from vlpuda.search.study import load_study, read_manifest
+    from vlpuda.layout import read_manifest
+    from vlpuda.search.study import load_study
 
     return load_study(read_manifest(run_dir))
 
@@ -46,7 +47,7 @@ def tune_trials(run_dir: Path) -> dict[str, Any]:
     last_result), read from the experiment state the way Tune restores it."""
     import ray.tune
 
-    from vlpuda.search.study import read_manifest
+    from vlpuda.layout import read_manifest
 
     manifest = read_manifest(run_dir)
     experiment = Path(manifest["ray_storage"]) / manifest["experiment"]
@@ -57,7 +58,7 @@ def tune_epochs(run_dir: Path) -> dict[str, list[int]]:
     """The epochs each trial of the run dir's experiment reported, in order, across restores."""
     import ray.tune
 
-    from vlpuda.search.study import read_manifest
+    from vlpuda.layout import read_manifest
 
     manifest = read_manifest(run_dir)
     experiment = Path(manifest["ray_storage"]) / manifest["experiment"]

@@ -8,8 +8,9 @@ import optuna
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from vlpuda.search.front import format_front, front_of, write_front
-from vlpuda.search.pareto import hypervolume_2d
+from vlpuda.front.pareto import hypervolume_2d
+from vlpuda.front.table import format_front, write_front
+from vlpuda.front.trials import front_of
 
 
 def _trial(values, ladder=None, state=TrialState.COMPLETE):

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from vlpuda.search.pareto import (
+from vlpuda.front.pareto import (
     default_reference,
     hypervolume_2d,
     hypervolume_history,

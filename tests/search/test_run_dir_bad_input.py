@@ -13,7 +13,8 @@ from optuna.trial import TrialState
 
 from helpers import write_tiny_domains
 from vlpuda.cli import main
-from vlpuda.search.study import EXPERIMENT, experiment_counts
+from vlpuda.objectives import EXPERIMENT
+from vlpuda.search.study import experiment_counts
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -10,10 +10,11 @@ import pytest
 from search_helpers import tiny_preset, write_preset
 from vlpuda.cli import main
 from vlpuda.errors import ConfigError, VlpudaError
+from vlpuda.layout import write_manifest
 from vlpuda.search.cluster import derive_concurrency, local_cluster_cpus, running_cluster_address
 from vlpuda.search.manifest import check_extension
-from vlpuda.search.settings import SearchSettings, build_plan, split_overrides
-from vlpuda.search.study import write_manifest
+from vlpuda.search.plan import build_plan, split_overrides
+from vlpuda.search.settings import SearchSettings
 
 
 @pytest.fixture

@@ -75,7 +75,7 @@ def test_moasha_prunes_and_the_front_holds_full_trials_and_ladder_points(
     # MLflow's parent: the scheduler that ran and why the pruned trial stopped.
     import mlflow
 
-    from vlpuda.tracking.destination import read_destination
+    from vlpuda.tracking.where import read_destination
 
     client = mlflow.MlflowClient(read_destination(run_dir).uri)
     experiments = [e.experiment_id for e in client.search_experiments()]

@@ -9,12 +9,11 @@ from optuna.distributions import FloatDistribution
 
 from search_helpers import tiny_preset
 from vlpuda.errors import ConfigError
-from vlpuda.objectives import DEFAULT_LABEL_FREE
-from vlpuda.search.front import front_of
-from vlpuda.search.gap import selection_gap
-from vlpuda.search.settings import build_plan
+from vlpuda.front.gap import selection_gap
+from vlpuda.front.trials import front_of
+from vlpuda.objectives import DEFAULT_LABEL_FREE, OBJECTIVE
+from vlpuda.search.plan import build_plan
 from vlpuda.search.stopping import make_scheduler
-from vlpuda.search.study import OBJECTIVE
 
 
 def plan_of(preset):

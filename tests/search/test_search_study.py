@@ -10,18 +10,14 @@ from optuna.trial import TrialState
 
 from vlpuda.cli import main
 from vlpuda.config import TrainConfig, build_config
-from vlpuda.search.front import format_front, front_of
-from vlpuda.search.pareto import hypervolume_2d
+from vlpuda.front.pareto import hypervolume_2d
+from vlpuda.front.table import format_front
+from vlpuda.front.trials import front_of
+from vlpuda.layout import write_manifest
+from vlpuda.objectives import DIRECTIONS, trial_outcome
 from vlpuda.search.searcher import ParetoOptunaSearch
 from vlpuda.search.stopping import StoredParamsBudget
-from vlpuda.search.study import (
-    DIRECTIONS,
-    fail_running_trials,
-    make_sampler,
-    new_experiment_name,
-    trial_outcome,
-    write_manifest,
-)
+from vlpuda.search.study import fail_running_trials, make_sampler, new_experiment_name
 from vlpuda.spaces import build_space
 from vlpuda.trainables.params import apply_params, trainer_params
 

@@ -84,7 +84,7 @@ def test_search_by_snd_on_unlabeled_target(ray_session, tiny_unlabeled_assets, t
     # MLflow: no label metric on any run; the kept delta is the epoch SND picked.
     from mlflow import MlflowClient
 
-    from vlpuda.tracking.export import export_delta
+    from vlpuda.tracking.backfill import export_delta
     from vlpuda.trainables.rst import load_delta
 
     uri = f"sqlite:///{run_dir}/mlflow.db"

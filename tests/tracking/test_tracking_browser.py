@@ -21,9 +21,8 @@ import pytest
 from browser import Browser, chromium_path
 from conftest import free_port
 from tracking_helpers import run_tiny_search, runs_of, tiny_plan
-from vlpuda.tracking.destination import ui_command
-from vlpuda.tracking.naming import compact_count
-from vlpuda.tracking.views import experiment_page
+from vlpuda.naming import compact_count
+from vlpuda.tracking.where import experiment_page, ui_command
 
 pytestmark = [
     pytest.mark.slow,

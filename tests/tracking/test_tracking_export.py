@@ -10,8 +10,8 @@ import yaml
 
 from helpers import tiny_train_overrides
 from vlpuda.cli import main
-from vlpuda.tracking.describe import SearchInfo
-from vlpuda.tracking.destination import resolve_destination
+from vlpuda.tracking.content import SearchInfo
+from vlpuda.tracking.where import resolve_destination
 
 
 def test_exported_delta_reproduces_the_reported_accuracy(tmp_path, tiny_files, empty_mlflow_db,

@@ -1,10 +1,10 @@
-"""Trial labels and run names (vlpuda.tracking.naming), against hand-written expectations."""
+"""Trial labels and run names (vlpuda.naming), against hand-written expectations."""
 
 from __future__ import annotations
 
 import optuna
 
-from vlpuda.tracking.naming import TrialNumbers, compact_count, finished_run_name, trial_label
+from vlpuda.naming import TrialNumbers, compact_count, finished_run_name, trial_label
 
 OBJECTIVES = ("target_acc", "stored_params")
 

@@ -23,8 +23,8 @@ from tracking_helpers import (
     tune_rows,
 )
 from vlpuda.cli import main
+from vlpuda.naming import compact_count
 from vlpuda.tracking.content import TAG_PARENT, TAG_TRIAL
-from vlpuda.tracking.naming import compact_count
 from conftest import free_port
 
 pytestmark = pytest.mark.usefixtures("ray_session")

@@ -13,19 +13,18 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
 from conftest import free_port
-from vlpuda.tracking.content import result_metrics, summary_metrics
-from vlpuda.tracking.describe import SearchInfo
-from vlpuda.tracking.destination import (
+from vlpuda.front.figure import TrialPoint, front_figure
+from vlpuda.front.references import paper_references
+from vlpuda.tracking.content import SearchInfo, result_metrics, summary_metrics
+from vlpuda.tracking.front import hypervolume_steps
+from vlpuda.tracking.live import Guard
+from vlpuda.tracking.where import (
     Destination,
     TrackingError,
     resolve_destination,
     server_problem,
     ui_command,
 )
-from vlpuda.tracking.figure import TrialPoint, front_figure
-from vlpuda.tracking.guard import Guard
-from vlpuda.tracking.parent import hypervolume_steps
-from vlpuda.tracking.references import paper_references
 
 
 # ---- destinations ----------------------------------------------------------------------------
@@ -179,7 +178,7 @@ def test_front_figure_log_axis_and_references():
 
 
 def test_the_tune_callback_survives_tunes_pickling(tmp_path):
-    from vlpuda.tracking.callback import TrackingCallback
+    from vlpuda.tracking.live import TrackingCallback
 
     info = SearchInfo("s/tune-1", "s", "s", "s", str(tmp_path), ("A_to_B",), (("A", "B"),),
                       3, None, "tiny", "RN50")
@@ -197,7 +196,7 @@ def test_the_tune_callback_survives_tunes_pickling(tmp_path):
 
 def test_tracking_section_is_validated_with_its_keys(monkeypatch):
     from vlpuda.errors import ConfigError
-    from vlpuda.tracking.settings import tracking_settings, with_cli_choices
+    from vlpuda.tracking.where import tracking_settings, with_cli_choices
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert tracking_settings({}).effective_uri() is None  # the run dir's own store

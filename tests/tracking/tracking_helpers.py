@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from helpers import tiny_train_overrides
-from vlpuda.search.settings import build_plan
-from vlpuda.search.study import load_study, read_manifest, write_manifest
+from vlpuda.layout import read_manifest, write_manifest
+from vlpuda.search.plan import build_plan
+from vlpuda.search.study import load_study
 from vlpuda.tracking.content import TAG_KIND, TAG_PARENT, TAG_TRIAL
 
 EPOCHS = 3
@@ -111,10 +112,9 @@ def run_tiny_search(plan, tracking_uri: str | None, extra_callbacks=(), experime
 
     from vlpuda.search.searcher import ParetoOptunaSearch
     from vlpuda.search.study import make_sampler, open_storage
-    from vlpuda.tracking.describe import search_info
-    from vlpuda.tracking.destination import resolve_destination
-    from vlpuda.tracking.guard import warn
-    from vlpuda.tracking.tracker import SearchTracker
+    from vlpuda.search.tracked import search_info
+    from vlpuda.tracking.live import SearchTracker, warn
+    from vlpuda.tracking.where import resolve_destination
     from vlpuda.trainables.loop import task_key
 
     manifest = {"name": plan.name, "study_name": plan.study_name, "storage": plan.storage,
@@ -148,7 +148,7 @@ def run_tiny_search(plan, tracking_uri: str | None, extra_callbacks=(), experime
 
 def tune_rows(plan) -> dict[str, list[dict[str, Any]]]:
     """Every trial's results, by Tune trial id, from Tune's own files."""
-    from vlpuda.tracking.tunefiles import read_all
+    from vlpuda.tunefiles import read_all
 
     return {t.trial_id: t.rows for t in read_all(plan.ray_storage).values()}
 

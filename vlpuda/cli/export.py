@@ -28,7 +28,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vlpuda.tracking.export import export_delta
+    from vlpuda.tracking.backfill import export_delta
 
     exported = export_delta(args.run_id, args.out, args.tracking_uri, args.ladder)
     reported = ""

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from vlpuda.search.front import format_front, front_of, trial_table
-from vlpuda.search.study import load_study, read_manifest
+from vlpuda.front.table import format_front, trial_table
+from vlpuda.front.trials import front_of
+from vlpuda.layout import read_manifest
+from vlpuda.search.study import load_study
 
 
 def add_parser(subparsers) -> None:

@@ -7,8 +7,9 @@ import argparse
 from vlpuda.cli.common import add_config_arguments, collect_overrides
 from vlpuda.config import read_yaml
 from vlpuda.errors import ConfigError
-from vlpuda.search.settings import SAMPLERS, build_plan, describe_plan, split_overrides
-from vlpuda.tracking.settings import tracking_settings, with_cli_choices
+from vlpuda.search.plan import build_plan, describe_plan, split_overrides
+from vlpuda.search.settings import SAMPLERS
+from vlpuda.tracking.where import with_cli_choices
 
 
 def add_parser(subparsers) -> None:
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     # The tracking choice goes into the preset, so the manifest keeps it for --resume and sync.
     raw = with_cli_choices(read_yaml(args.config), args.tracking_uri,
                            False if args.no_tracking else None)
-    tracking_settings(raw, args.config)  # a bad tracking section fails here, before Ray
+    # A bad tracking section fails here too, before Ray: the plan resolves where to log.
     plan = build_plan(raw, train_overrides, search_overrides, args.config)
     print("\n".join(describe_plan(plan)), flush=True)
     # Ray and torch are imported only once the config is known to be good.

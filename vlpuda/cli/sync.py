@@ -24,7 +24,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vlpuda.tracking.sync import sync_run_dir
+    from vlpuda.search.tracked import sync_search
 
-    sync_run_dir(args.run_dir, args.tracking_uri, args.experiment)
+    sync_search(args.run_dir, args.tracking_uri, args.experiment)
     return 0

@@ -12,7 +12,8 @@ from vlpuda.cli.checks import class_problems, model_problems
 from vlpuda.cli.common import add_config_arguments, add_training_arguments, collect_overrides
 from vlpuda.config import build_config, path_problems, read_yaml
 from vlpuda.errors import ConfigError
-from vlpuda.search.settings import SEARCH_KEY, build_plan, describe_plan, split_overrides
+from vlpuda.search.plan import build_plan, describe_plan, split_overrides
+from vlpuda.search.settings import SEARCH_KEY
 
 
 def add_parser(subparsers) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 from vlpuda.config import TrainConfig
 from vlpuda.search.cluster import Log, say
-from vlpuda.search.settings import SearchPlan
+from vlpuda.search.plan import SearchPlan
 
 LOCAL_DIR = "local-dir:"  # open_clip's prefix for a model folder
 

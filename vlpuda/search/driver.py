@@ -17,6 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vlpuda.errors import VlpudaError
+from vlpuda.front.table import format_front, write_front
+from vlpuda.front.trials import Front, front_of
+from vlpuda.layout import SEARCH_KEYS, read_manifest, write_manifest
 from vlpuda.search.assets import build_assets, share
 from vlpuda.search.cluster import (
     Log,
@@ -27,7 +30,6 @@ from vlpuda.search.cluster import (
     say,
     worker_demand,
 )
-from vlpuda.search.front import Front, format_front, front_of, write_front
 from vlpuda.search.manifest import (
     abandon,
     check_extension,
@@ -35,20 +37,17 @@ from vlpuda.search.manifest import (
     search_manifest,
     with_status,
 )
-from vlpuda.search.settings import SearchPlan, plan_from_manifest
+from vlpuda.search.plan import SearchPlan, plan_from_manifest
 from vlpuda.search.study import (
-    SEARCH_KEYS,
     experiment_counts,
     fail_running_trials,
     new_experiment_name,
-    read_manifest,
     tune_trial_numbers,
-    write_manifest,
 )
 from vlpuda.search.tuner import existing_trials, make_searcher, make_trainable, make_tuner
 
 if TYPE_CHECKING:
-    from vlpuda.tracking.tracker import SearchTracker
+    from vlpuda.tracking.live import SearchTracker
 
 
 def run_search(plan: SearchPlan, log: Log = say) -> Front:
@@ -77,7 +76,7 @@ def run_search(plan: SearchPlan, log: Log = say) -> Front:
         searcher = make_searcher(plan, experiment, first)
         # MLflow: a parent run now, a child per trial from the Tune driver, the front at the end.
         # Opened before the manifest says "running", so a tracking error leaves nothing to resume.
-        from vlpuda.tracking.tracker import open_search_tracker
+        from vlpuda.search.tracked import open_search_tracker
 
         tracker = open_search_tracker(plan, experiment, log)
         write_manifest(plan.run_dir, search_manifest(plan, experiment, "running"))
@@ -113,7 +112,7 @@ def resume_search(run_dir: str | Path, log: Log = say) -> Front:
         # searcher's state comes back from the experiment's snapshot.
         # The restored Tuner brings its MLflow callback back (it finds its runs by their tags);
         # this tracker writes the front at the end.
-        from vlpuda.tracking.tracker import open_search_tracker
+        from vlpuda.search.tracked import open_search_tracker
 
         tracker = open_search_tracker(plan, experiment, log)
         tuner = ray.tune.Tuner.restore(path, trainable=make_trainable(plan, tasks, refs),

@@ -8,8 +8,9 @@ import time
 from typing import Any
 
 from vlpuda.errors import ConfigError
-from vlpuda.search.settings import MANIFEST, SearchPlan
-from vlpuda.search.study import fail_running_trials, load_study, read_manifest, write_manifest
+from vlpuda.layout import MANIFEST, read_manifest, write_manifest
+from vlpuda.search.plan import SearchPlan
+from vlpuda.search.study import fail_running_trials, load_study
 
 
 def with_status(manifest: dict[str, Any], status: str) -> dict[str, Any]:

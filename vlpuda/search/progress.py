@@ -5,7 +5,7 @@
     [ 160s] trial t00 complete: target_acc 91.35 stored_params 431,101 [1/6 finished]
 
 Trials are named by their Optuna number, as the front, MLflow and optuna-dashboard name them
-(vlpuda.tracking.naming).
+(vlpuda.naming).
 """
 
 from __future__ import annotations
@@ -17,10 +17,9 @@ from typing import Any
 from optuna.trial import TrialState
 from ray.tune import Callback
 
+from vlpuda.naming import TrialNumbers, trial_label
+from vlpuda.objectives import METRICS, trial_outcome
 from vlpuda.search.moasha import stop_reason
-from vlpuda.search.settings import METRICS
-from vlpuda.search.study import trial_outcome
-from vlpuda.tracking.naming import TrialNumbers, trial_label
 
 
 def short_id(trial: Any) -> str:

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from vlpuda.search.pareto import non_dominated_ranks
+from vlpuda.front.pareto import non_dominated_ranks
 
 
 def rung_levels(grace_period: int, reduction_factor: float, max_t: int) -> list[int]:

@@ -22,19 +22,20 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
-from vlpuda.search.moasha import stop_reason
-from vlpuda.search.settings import METRICS, MODES
-from vlpuda.search.study import (
+from vlpuda.objectives import (
     EXPERIMENT,
     KEPT_METRICS,
     LADDER,
-    STOP_DETAIL,
+    METRICS,
+    MODES,
     OBJECTIVE,
+    STOP_DETAIL,
     STOP_REASON,
     TUNE_TRIAL_ID,
-    fail_running_trials,
     trial_outcome,
 )
+from vlpuda.search.moasha import stop_reason
+from vlpuda.search.study import fail_running_trials
 from vlpuda.trainables.ladder import parse_ladder
 from vlpuda.trainables.prune import prune_training_state
 

@@ -12,7 +12,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.stopper import Stopper
 
 from vlpuda.search.moasha import LoggedASHA, MOASHAScheduler
-from vlpuda.search.settings import SearchPlan
+from vlpuda.search.plan import SearchPlan
 
 
 def make_scheduler(plan: SearchPlan) -> TrialScheduler:

@@ -1,14 +1,12 @@
-"""The Optuna side of a search, without Ray: samplers, storage, trial outcomes, the run manifest.
+"""The Optuna side of a search, without Ray: samplers, storage, crash cleanup, loading a study.
 
-Kept free of Ray imports so `vlpuda pareto` and `vlpuda validate` start in a second.
-A search's run directory holds `search.json` (this manifest: where the study lives, the settings
-and the preset, so `--resume` and `pareto` need nothing else), `optuna.db` (the default storage),
-`ray/` (Tune and Train results) and the front as CSV/JSON.
+Kept free of Ray imports so `vlpuda pareto` and `vlpuda validate` start in a second. The run
+directory and its manifest are vlpuda.layout's; the trials' user attributes and outcomes are
+vlpuda.objectives'.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from datetime import datetime
 from pathlib import Path
@@ -18,50 +16,10 @@ import optuna
 from optuna.trial import TrialState
 
 from vlpuda.errors import VlpudaError
-from vlpuda.search.settings import MANIFEST, METRICS, MODES
+from vlpuda.objectives import EXPERIMENT, TUNE_TRIAL_ID
 
-# Why a trial was pruned or failed, kept as an Optuna user attribute.
-STOP_REASON = "stopped_by"
-# For a trial the scheduler stopped: which rung and its rank there ("moasha rung 5: 4th of 7").
-STOP_DETAIL = "stopped_at"
-# A complete trial's sparsity ladder: [{fraction, target_acc, stored_params, ...}], densest first.
-LADDER = "ladder"
-TUNE_TRIAL_ID = "tune_trial_id"
-# The Tune experiment that asked for a trial: cleanup after a crash touches only its own trials,
-# never those of another search sharing the study.
-EXPERIMENT = "tune_experiment"
 # Experiment names carry their start time, which tells a crashed driver's unannotated trials.
 EXPERIMENT_FORMAT = "tune-%Y%m%d-%H%M%S"
-# Result keys kept on each Optuna trial, so the front table can say where a trial's delta is.
-KEPT_METRICS = ("target_acc_last", "target_acc_class_mean", "epoch", "delta_bytes",
-                "checkpoint_path", "best_epoch", "target_acc", "target_acc_selected",
-                "target_acc_holdout")
-# The result key of the trial's first objective (objectives.objective_metrics), kept on every
-# trial so a front read back from the study knows what its first value is.
-OBJECTIVE = "objective"
-# What `pareto` reads from a manifest, and what --resume and sync read (the driver writes all).
-STUDY_KEYS = ("name", "study_name", "storage")
-SEARCH_KEYS = (*STUDY_KEYS, "ray_storage", "experiment", "raw")
-DIRECTIONS = ["maximize" if m == "max" else "minimize" for m in MODES]
-
-
-def trial_outcome(result: dict | None, error: bool, full_epochs: int,
-                  budget: int | None = None, metrics: tuple[str, ...] = METRICS
-                  ) -> tuple[TrialState, str]:
-    """How a finished Tune trial counts in the study, and why.
-
-    COMPLETE only for a trial that ran every epoch within the budget; a trial stopped early (by
-    ASHA) or over the storage budget is PRUNED; an error or a missing metric is a FAIL.
-    """
-    if error:
-        return TrialState.FAIL, "error"
-    if not result or any(result.get(m) is None for m in metrics):
-        return TrialState.FAIL, "no metrics"
-    if budget is not None and result["stored_params"] > budget:
-        return TrialState.PRUNED, "stored_params_budget"
-    if result.get("epoch", 0) < full_epochs:
-        return TrialState.PRUNED, "early_stopping"
-    return TrialState.COMPLETE, "complete"
 
 
 def make_sampler(name: str, seed: int, num_samples: int) -> optuna.samplers.BaseSampler:
@@ -152,37 +110,6 @@ def tune_trial_numbers(study: optuna.Study) -> dict[str, int]:
         if tune_id is not None:
             numbers[str(tune_id)] = trial.number
     return numbers
-
-
-def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    staging = run_dir / f".{MANIFEST}.tmp"
-    staging.write_text(json.dumps(manifest, indent=2, default=str))
-    staging.replace(run_dir / MANIFEST)  # atomic: a crash never leaves half a manifest
-
-
-def read_manifest(run_dir: str | Path, needs: tuple[str, ...] = STUDY_KEYS) -> dict[str, Any]:
-    """The manifest of a search's run directory; a clear error when there is none, or when it is
-    not JSON or lacks one of the keys the caller `needs`."""
-    path = Path(run_dir).expanduser() / MANIFEST
-    if not path.is_file():
-        raise VlpudaError(f"{Path(run_dir)} is not a search run directory (no {MANIFEST}); "
-                          "pass the directory a search printed as its run dir, e.g. runs/demo")
-    damaged = ("; it is damaged (a search writes it whole): restore it from a copy, or start "
-               "the search again with the same preset and --name (the study in its storage "
-               "keeps the trials)")
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise VlpudaError(f"{path} is not valid JSON ({err}){damaged}") from None
-    if not isinstance(manifest, dict):
-        raise VlpudaError(f"{path} does not hold a JSON object{damaged}")
-    missing = [key for key in needs if key not in manifest]
-    if "raw" in needs and not missing and not isinstance(manifest["raw"], dict):
-        missing = ["raw (the preset, a JSON object)"]
-    if missing:
-        raise VlpudaError(f"{path} lacks {', '.join(missing)}{damaged}")
-    return manifest
 
 
 def missing_sqlite_file(url: str) -> Path | None:

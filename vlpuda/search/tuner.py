@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from vlpuda.search.cluster import driver_resources
-from vlpuda.search.settings import SearchPlan
+from vlpuda.search.plan import SearchPlan
 from vlpuda.search.study import make_sampler, open_storage
 
 
@@ -59,7 +59,7 @@ def make_tuner(plan: SearchPlan, trainable, searcher, concurrency: int, experime
 
     from vlpuda.search.moasha import MOASHAScheduler, SchedulerState
     from vlpuda.search.progress import ProgressLines
-    from vlpuda.tracking.naming import TrialNumbers
+    from vlpuda.naming import TrialNumbers
     from vlpuda.search.stopping import StoredParamsBudget, make_scheduler
 
     s = plan.settings

@@ -1,7 +1,13 @@
-"""What goes into MLflow: names of tags and artifacts, and which result keys become metrics.
+"""What goes into MLflow: the search's identity, names of tags and artifacts, which result keys
+become metrics.
 
 Pure functions of Tune results and configs (no MLflow calls), shared by the live Tune callback and
 by `vlpuda sync`, so a back-filled run holds exactly what a live one would.
+
+`SearchInfo` is small and picklable: the Tune callback carries it into Tune's experiment snapshot,
+so a resumed search logs to the same parent run. The search builds it from its validated plan
+(vlpuda.search.tracked), the same way for the live search and for `vlpuda sync`, so both find
+(or create) the same runs.
 
 Only numbers that mean something are metrics: the metrics contract of the training loop
 (`target_acc`, `target_acc_last`, `stored_params`, `delta_bytes`, `proxy_*`, ...) and each task's
@@ -14,10 +20,16 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 from mlflow.entities import Metric
+
+from vlpuda.objectives import METRICS, PROXY_PREFIX, RESULT_METRICS, STEP_KEYS
 
 # Tags that identify runs, so a re-run or a back-fill finds them instead of duplicating them.
 TAG_KIND = "vlpuda.kind"  # "search" on a parent, "trial" on a child
@@ -36,20 +48,10 @@ TAG_PARETO_RANK = "pareto_rank"
 TAG_OPTUNA_TRIAL = "optuna_trial"
 
 DELTA_ARTIFACT_DIR = "delta"
-BEST_DELTA = "best_delta.safetensors"
 FRONT_DIR = "pareto"
 HYPERVOLUME = "hypervolume"
-
-# The training loop's per-epoch metrics worth a chart (loop.py's docstring is the contract).
-RESULT_METRICS = frozenset({
-    "target_acc", "target_acc_last", "target_acc_class_mean", "target_acc_clip", "stored_params",
-    "delta_bytes", "changed_params", "changed_fraction", "best_epoch", "epoch", "loss", "lr",
-    "seconds_per_iteration", "peak_gpu_memory_gib", "target_acc_selected", "target_acc_holdout",
-    "target_acc_holdout_best", "target_acc_class_mean_best", "eval_seconds", "mixval_cost_ratio",
-})
-PROXY_PREFIX = "proxy_"
-# The step of each metric; Tune's own counter is the fallback for results without it.
-STEP_KEYS = ("iteration", "training_iteration")
+# Versions recorded on the parent run: what a result depends on.
+PACKAGES = ("vlpuda", "torch", "open_clip_torch", "ray", "optuna", "mlflow")
 
 
 def is_metric_name(name: str) -> bool:
@@ -164,3 +166,66 @@ def flat_params(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
         elif value is not None:
             params[name] = param_value(value)
     return params
+
+
+# ---- the search -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SearchInfo:
+    """One search run as MLflow sees it.
+
+    Attributes:
+        key: identifies the parent run: "<search name>/<tune experiment>".
+        name: the search's name (the parent run's name).
+        experiment: the MLflow experiment (default: the search's name).
+        study: the Optuna study name; children of all its runs share one front.
+        run_dir: the search's run directory, absolute.
+        tasks: task keys as the loop names them (Art_to_Clipart), in the search's order.
+        task_pairs: the same tasks as (source, target).
+        epochs: the full length of a trial (shorter ones were stopped early).
+        budget: the stored-parameter budget, if any.
+        benchmark: the config's benchmark (for the paper's reference points).
+        model: the open_clip model name.
+        params: the parent run's params.
+        tags: the parent run's tags.
+        storage: the Optuna study's database URL (trial numbers are read from it).
+        objectives: the study's two objectives, as result keys.
+    """
+
+    key: str
+    name: str
+    experiment: str
+    study: str
+    run_dir: str
+    tasks: tuple[str, ...]
+    task_pairs: tuple[tuple[str, str], ...]
+    epochs: int
+    budget: int | None
+    benchmark: str
+    model: str
+    params: dict[str, str] = field(default_factory=dict, hash=False)
+    tags: dict[str, str] = field(default_factory=dict, hash=False)
+    storage: str = ""
+    objectives: tuple[str, str] = METRICS
+
+
+def git_commit() -> str:
+    """The commit of the vlpuda checkout, or "unknown" (an installed wheel has none)."""
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                              capture_output=True, text=True, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    commit = done.stdout.strip()
+    return commit if done.returncode == 0 and commit else "unknown"
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for package in PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions

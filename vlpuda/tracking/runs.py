@@ -25,7 +25,8 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, Run, RunStatus, RunTag, ViewType
 
-from vlpuda.search.study import trial_outcome
+from vlpuda.naming import TrialNumbers, finished_run_name, trial_label
+from vlpuda.objectives import trial_outcome
 from vlpuda.tracking.content import (
     DELTA_ARTIFACT_DIR,
     TAG_KIND,
@@ -39,16 +40,15 @@ from vlpuda.tracking.content import (
     TAG_STUDY,
     TAG_TASKS,
     TAG_TRIAL,
+    SearchInfo,
     flat_params,
     result_metrics,
     result_step,
     result_timestamp_ms,
     summary_metrics,
 )
-from vlpuda.tracking.describe import SearchInfo
-from vlpuda.tracking.destination import Destination
-from vlpuda.tracking.naming import TrialNumbers, finished_run_name, trial_label
-from vlpuda.tracking.tunefiles import fetch_best_deltas
+from vlpuda.tracking.where import Destination
+from vlpuda.tunefiles import fetch_best_deltas
 
 # The experiment tag MLflow 3's UI reads to pick its mode: without it an experiment with no
 # runs' models is taken for a GenAI one and opens on traces instead of the runs table.

@@ -17,9 +17,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-# The study trial's user attribute that holds its Tune trial id (vlpuda.search.study writes it
-# under the same name; repeated here because tracking does not import the search package).
-TUNE_TRIAL_ID_ATTR = "tune_trial_id"
+from vlpuda.objectives import TUNE_TRIAL_ID
 
 
 def trial_label(number: int | None, trial_id: str = "") -> str:
@@ -96,7 +94,7 @@ class TrialNumbers:
 
         study = optuna.load_study(study_name=self.study, storage=self.storage)
         for trial in study.get_trials(deepcopy=False):
-            tune_id = trial.user_attrs.get(TUNE_TRIAL_ID_ATTR)
+            tune_id = trial.user_attrs.get(TUNE_TRIAL_ID)
             if tune_id is not None:
                 # In number order: a rerun (a later trial for the same Tune trial) wins.
                 self._numbers[str(tune_id)] = trial.number

@@ -14,10 +14,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from matplotlib.figure import Figure
+from optuna.trial import FrozenTrial
 
-from vlpuda.tracking.naming import trial_label
-from vlpuda.tracking.references import ReferencePoint
+from vlpuda.front.references import ReferencePoint
+from vlpuda.front.trials import Front
+from vlpuda.naming import trial_label
 
 FRONT_COLOUR = "#c2185b"
 TRIAL_COLOUR = "#546e7a"
@@ -98,3 +101,19 @@ def front_figure(points: Sequence[TrialPoint], references: Sequence[ReferencePoi
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7, loc="best")
     return fig
+
+
+def trial_points(trials: list[FrozenTrial], values: np.ndarray, on_front: np.ndarray
+                 ) -> list[TrialPoint]:
+    """One point per trial at `values` (accuracy, stored_params), marked where on the front."""
+    return [TrialPoint(t.number, float(v[0]), float(v[1]), bool(m))
+            for t, v, m in zip(trials, values, on_front)]
+
+
+def ladder_figure_points(front: Front, true_accuracy: bool = True) -> list[TrialPoint]:
+    """The front's sparsity-ladder points, labelled by parent trial and fraction ("t07 @1/4"),
+    at their true accuracy (or, for an unlabeled target, their objective's score)."""
+    first = "target_acc" if true_accuracy else front.metrics[0]
+    return [TrialPoint(t.number, float(p[first]), float(p[front.metrics[1]]), True,
+                       f"{trial_label(t.number)} @1/{round(1 / p['fraction'])}")
+            for t, p in front.derived]

@@ -19,9 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 from optuna.trial import FrozenTrial
 
-from vlpuda.search.pareto import default_reference, hypervolume_2d, pareto_front_mask
-
-MODES = ("max", "min")
+from vlpuda.front.pareto import default_reference, hypervolume_2d, pareto_front_mask
+from vlpuda.objectives import MODES
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,6 @@ per line, in order), and `tuner.pkl`. Train runs keep their checkpoints under
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,14 +20,17 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from vlpuda.tracking.content import BEST_DELTA
+from vlpuda.layout import (
+    BEST_DELTA_FILE,
+    DELTA_FILE,
+    LADDER_FILE,
+    RESULT_FILE,
+    TUNER_FILE,
+    TUNE_STATE_PREFIX,
+)
 
-STATE_PREFIX = "experiment_state-"
-TUNER_FILE = "tuner.pkl"
-RESULT_FILE = "result.json"
 # Tune statuses after which a trial produces no more results.
 DONE, ERROR = "TERMINATED", "ERROR"
-DELTA_FILE = "delta.safetensors"  # as the training loop names them (loop.py)
 
 
 @dataclass
@@ -99,7 +101,7 @@ def _rows(fs: pafs.FileSystem, trial_dir: str) -> list[dict[str, Any]]:
 def _state_entries(fs: pafs.FileSystem, folder: str) -> list[dict[str, Any]]:
     """The trials of the newest experiment snapshot (a resumed run writes a newer one)."""
     states = sorted(e.path for e in _children(fs, folder)
-                    if e.base_name.startswith(STATE_PREFIX) and e.base_name.endswith(".json"))
+                    if e.base_name.startswith(TUNE_STATE_PREFIX) and e.base_name.endswith(".json"))
     if not states:
         return []
     data = json.loads(_read_text(fs, states[-1]) or "{}")
@@ -134,13 +136,10 @@ def read_all(ray_storage: str) -> dict[str, TuneTrial]:
             for t in read_experiment(ray_storage, name)}
 
 
-LADDER_FILE = re.compile(r"^ladder_\d+\.safetensors$")
-
-
 def _delta_sources(fs: pafs.FileSystem, folder: str) -> str | None:
     """The best delta of one task's checkpoint folder: best_delta when the last epoch was not
     the best, else the last epoch's own delta."""
-    for name in (BEST_DELTA, DELTA_FILE):
+    for name in (BEST_DELTA_FILE, DELTA_FILE):
         if fs.get_file_info(f"{folder}/{name}").type == pafs.FileType.File:
             return f"{folder}/{name}"
     return None
@@ -161,7 +160,7 @@ def fetch_best_deltas(checkpoint: str, tasks: list[str], out_dir: Path) -> list[
         source = _delta_sources(fs, folder)
         if source is None:
             continue
-        target = out_dir / task / BEST_DELTA if task else out_dir / BEST_DELTA
+        target = out_dir / task / BEST_DELTA_FILE if task else out_dir / BEST_DELTA_FILE
         target.parent.mkdir(parents=True, exist_ok=True)
         with fs.open_input_stream(source) as stream, open(target, "wb") as handle:
             shutil.copyfileobj(stream, handle)

@@ -5,43 +5,54 @@ MLflow has no Pareto view, so the search brings its own (research/anchors.md D3 
 * `pareto/front.json` (an MLflow table: the UI shows it on the run's artifacts page),
   `pareto/front.csv` and `pareto/front.png` (accuracy against stored parameters, log x axis),
   the same figure as the run's `pareto_front` image and `pareto/front.html`, Optuna's
-  interactive Plotly views (see views.py);
+  interactive Plotly views in one self-contained page (the Plotly library is inlined: clusters
+  and laptops without internet render it too; MLflow's artifact viewer shows HTML);
   for a multi-task search also `pareto/<task>/...` from each task's own accuracy and storage;
 * `hypervolume` with step = the number of finished trials, so its chart shows the search
   converging;
 * children tagged `pareto` (true/false) and `pareto_rank` (0 on the front, 1 on the front of
   the rest, ...), so the UI's own scatter chart and run filters do the rest.
 
-Everything is computed from the Optuna study (the same front `vlpuda pareto` prints) and Tune's
-result files; nothing depends on what MLflow already holds, so a back-fill writes the same.
+The figure is also logged as an MLflow *image* under the key `pareto_front`, with step = the
+number of finished trials: MLflow 3 shows logged images on the run's overview page and as an image
+chart in the experiment's chart view. A step already logged is not logged again.
+
+Everything is computed by vlpuda.front from the Optuna study (the same front `vlpuda pareto`
+prints) and Tune's result files; this module only writes it, so nothing depends on what MLflow
+already holds, and a back-fill writes the same.
 """
 
 from __future__ import annotations
 
-import csv
+import html
 import io
 import posixpath
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import optuna
 from mlflow.entities import Metric, Run
 from optuna.trial import FrozenTrial, TrialState
 
-from vlpuda.search.front import (
+from vlpuda.front.figure import TrialPoint, front_figure, ladder_figure_points, trial_points
+from vlpuda.front.references import paper_references
+from vlpuda.front.table import csv_text, front_columns
+from vlpuda.front.trials import (
     Front,
-    complete_trials,
-    front_columns,
+    TaskFront,
+    finished_in_order,
     front_of,
     front_rows,
-    ladder_candidates,
+    hypervolume_steps as hypervolume_values,
+    selected_accuracy,
+    task_front,
+    trial_millis,
+    trial_values,
 )
-from vlpuda.search.pareto import default_reference, hypervolume_2d, non_dominated_ranks
-from vlpuda.search.settings import METRICS, MODES
-from vlpuda.search.study import STOP_DETAIL, STOP_REASON, TUNE_TRIAL_ID
+from vlpuda.objectives import METRICS, STOP_DETAIL, STOP_REASON, TUNE_TRIAL_ID
 from vlpuda.tracking.content import (
     FRONT_DIR,
     HYPERVOLUME,
@@ -54,14 +65,15 @@ from vlpuda.tracking.content import (
     TAG_STUDY,
     TAG_TRIAL,
 )
-from vlpuda.tracking.figure import TrialPoint, front_figure
-from vlpuda.tracking.naming import trial_label
-from vlpuda.tracking.references import paper_references
-from vlpuda.tracking.runs import Recorder, sql_quote, search_all, set_tags
-from vlpuda.tracking.tunefiles import TuneTrial
-from vlpuda.tracking.views import front_html, log_front_image
+from vlpuda.tracking.runs import Recorder, search_all, set_tags, sql_quote
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+    from mlflow import MlflowClient
 
 RUN_ID_COLUMN = "mlflow_run_id"
+FRONT_IMAGE_KEY = "pareto_front"
+IMAGES_DIR = "images"  # where MlflowClient.log_image files keyed images
 
 
 @dataclass
@@ -75,33 +87,13 @@ class FrontSummary:
     artifacts: list[str]
 
 
-def _millis(trial: FrozenTrial) -> int:
-    when = trial.datetime_complete or trial.datetime_start
-    return int(when.timestamp() * 1000) if when else 0
-
-
-def finished_in_order(trials: list[FrozenTrial]) -> list[FrozenTrial]:
-    """A study's finished trials in the order they finished."""
-    done = [t for t in trials if t.state.is_finished()]
-    return sorted(done, key=lambda t: (_millis(t), t.number))
-
-
 def hypervolume_steps(finished: list[FrozenTrial], reference: tuple[float, ...] | None,
                       metrics: tuple[str, ...] = METRICS) -> list[Metric]:
-    """The front's hypervolume after each finished trial (step k = k trials finished).
-
-    One reference for every step (the final front's), so the curve only rises when the front
-    improves; pruned and failed trials repeat the previous value.
-    """
-    steps, complete, value = [], [], 0.0
-    for k, trial in enumerate(finished, start=1):
-        if trial.state == TrialState.COMPLETE and trial.values is not None:
-            complete.append(trial.values)
-            # Its sparsity-ladder points count as the front counts them (search.front).
-            complete += [[p[m] for m in metrics] for _, p in ladder_candidates([trial], metrics)]
-            value = hypervolume_2d(np.array(complete), MODES, reference) if reference else 0.0
-        steps.append(Metric(HYPERVOLUME, float(value), _millis(trial), k))
-    return steps
+    """The front's hypervolume after each finished trial as MLflow metrics (step k = k trials
+    finished), from vlpuda.front.trials.hypervolume_steps."""
+    values = hypervolume_values(finished, reference, metrics)
+    return [Metric(HYPERVOLUME, value, trial_millis(trial), k)
+            for k, (trial, value) in enumerate(zip(finished, values), start=1)]
 
 
 def study_children(recorder: Recorder) -> dict[str, Run]:
@@ -117,14 +109,6 @@ def study_children(recorder: Recorder) -> dict[str, Run]:
 
 
 # ---- artifacts --------------------------------------------------------------------------------
-
-
-def _csv_text(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
 
 
 def put_table(recorder: Recorder, rows: list[dict[str, Any]], columns: list[str],
@@ -158,12 +142,68 @@ def _write_front(recorder: Recorder, folder: str, rows: list[dict[str, Any]],
     table, table_csv, figure = (f"{folder}/front.json", f"{folder}/front.csv",
                                 f"{folder}/front.png")
     put_table(recorder, rows, columns, table)
-    client.log_text(run_id, _csv_text(rows, columns), table_csv)
+    client.log_text(run_id, csv_text(rows, columns), table_csv)
     fig = front_figure(points, references, title)
     client.log_figure(run_id, fig, figure, save_kwargs={"dpi": 120})
     if image_step is not None:
         log_front_image(client, run_id, fig, image_step)
     return [table, table_csv, figure]
+
+
+def logged_image_steps(client: MlflowClient, run_id: str, key: str) -> set[int]:
+    """Steps of the images logged under `key` (MLflow names them `<key>+step+<n>+...`)."""
+    steps = set()
+    for item in client.list_artifacts(run_id, IMAGES_DIR):
+        name = item.path.rsplit("/", 1)[-1]
+        parts = name.split("+")
+        if len(parts) > 2 and parts[0] == key and parts[1] == "step" and parts[2].isdigit():
+            steps.add(int(parts[2]))
+    return steps
+
+
+def log_front_image(client: MlflowClient, run_id: str, fig: Figure, step: int) -> bool:
+    """Log the figure as the `pareto_front` image at `step`, unless that step has one."""
+    from PIL import Image
+
+    if step in logged_image_steps(client, run_id, FRONT_IMAGE_KEY):
+        return False
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    buffer.seek(0)
+    with Image.open(buffer) as image:
+        client.log_image(run_id, image.convert("RGB"), key=FRONT_IMAGE_KEY, step=step,
+                         synchronous=True)
+    return True
+
+
+def front_html(study: optuna.Study, reference: tuple[float, ...], title: str,
+               objectives: tuple[str, str] = METRICS) -> str:
+    """Optuna's Pareto-front and hypervolume-history figures of a two-objective study, as one
+    HTML page.
+
+    Args:
+        study: the search's study (its COMPLETE trials are plotted).
+        reference: the hypervolume reference point, in objective order (front.reference).
+        title: the page's and the front figure's title.
+        objectives: the study's objective names, in order.
+    """
+    import optuna
+    import optuna.visualization as vis
+
+    front = vis.plot_pareto_front(study, target_names=[objectives[1], objectives[0]],
+                                  targets=lambda t: (t.values[1], t.values[0]))
+    front.update_xaxes(type="log")
+    front.update_layout(title=title)
+    with warnings.catch_warnings():  # experimental since Optuna 3.3
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        history = vis.plot_hypervolume_history(study, reference_point=list(reference))
+    history.update_layout(title=f"hypervolume after each trial (reference: "
+                                f"{objectives[0]} {reference[0]:g}, "
+                                f"{objectives[1]} {reference[1]:,.0f})")
+    body = (front.to_html(full_html=False, include_plotlyjs=True)
+            + history.to_html(full_html=False, include_plotlyjs=False))
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"</head><body>{body}</body></html>\n")
 
 
 # ---- the search's front -----------------------------------------------------------------------
@@ -180,24 +220,9 @@ def _title(recorder: Recorder, task: str | None, complete: int, size: int) -> st
             "on the front")
 
 
-def _points(trials: list[FrozenTrial], values: np.ndarray, mask: np.ndarray
-            ) -> list[TrialPoint]:
-    return [TrialPoint(t.number, float(v[0]), float(v[1]), bool(m))
-            for t, v, m in zip(trials, values, mask)]
-
-
-def ladder_figure_points(front: Front, true_accuracy: bool = True) -> list[TrialPoint]:
-    """The front's sparsity-ladder points, labelled by parent trial and fraction ("t07 @1/4"),
-    at their true accuracy (or, for an unlabeled target, their objective's score)."""
-    first = "target_acc" if true_accuracy else front.metrics[0]
-    return [TrialPoint(t.number, float(p[first]), float(p[front.metrics[1]]), True,
-                       f"{trial_label(t.number)} @1/{round(1 / p['fraction'])}")
-            for t, p in front.derived]
-
-
-def _tag_children(recorder: Recorder, trials: list[FrozenTrial], complete: list[FrozenTrial],
-                  ranks: np.ndarray, children: dict[str, Run]) -> None:
-    rank_of = {t.number: int(r) for t, r in zip(complete, ranks)}
+def _tag_children(recorder: Recorder, trials: list[FrozenTrial], front: Front,
+                  children: dict[str, Run]) -> None:
+    rank_of = {t.number: r for t, r in zip(front.complete, front.ranks)}
     # In number order, so a rerun (a later study trial for the same Tune trial) has the last word.
     for trial in trials:
         run = children.get(str(trial.user_attrs.get(TUNE_TRIAL_ID)))
@@ -214,25 +239,26 @@ def _tag_children(recorder: Recorder, trials: list[FrozenTrial], complete: list[
 
 
 def log_search_front(recorder: Recorder, study: optuna.Study,
-                     tune_trials: dict[str, TuneTrial]) -> FrontSummary:
-    """Write the study's front, hypervolume history and pareto tags (see module docstring)."""
+                     tune_trials: dict[str, dict[str, Any]]) -> FrontSummary:
+    """Write the study's front, hypervolume history and pareto tags (see module docstring).
+    `tune_trials`: each Tune trial's last result, by Tune trial id (for per-task fronts)."""
     info, client = recorder.info, recorder.client
     trials = study.get_trials(deepcopy=False)  # read once: an RDB storage reads it each time
     front = front_of(trials)
     finished = finished_in_order(trials)
-    complete = complete_trials(trials)
+    complete = front.complete
     children = study_children(recorder)
     artifacts: list[str] = []
 
-    values = np.array([t.values for t in complete], dtype=float).reshape(-1, 2)
-    ranks = non_dominated_ranks(values, MODES)
+    values = trial_values(complete)
     if complete:
         rows = [{**row, RUN_ID_COLUMN: _run_id(children, row.get(TUNE_TRIAL_ID))}
                 for row in front_rows(front)]
         # The figure shows true accuracy wherever the target has labels (for a label-free
         # objective: each trial's kept epoch); the paper's points only on that scale.
-        truth = (values if front.metrics[0] == METRICS[0] else _selected_accuracy(complete, values))
-        points = (_points(complete, truth if truth is not None else values, ranks == 0)
+        truth = values if front.metrics[0] == METRICS[0] else selected_accuracy(complete)
+        on_front = [r == 0 for r in front.ranks]
+        points = (trial_points(complete, truth if truth is not None else values, on_front)
                   + ladder_figure_points(front, true_accuracy=truth is not None))
         references = (paper_references(info.benchmark, info.model, info.task_pairs)
                       if truth is not None else [])
@@ -268,17 +294,9 @@ def log_search_front(recorder: Recorder, study: optuna.Study,
     if len(info.tasks) > 1:
         metrics += _task_fronts(recorder, complete, tune_trials, children, finished, artifacts)
     recorder.log_metrics(parent, metrics)
-    _tag_children(recorder, trials, complete, ranks, children)
+    _tag_children(recorder, trials, front, children)
     return FrontSummary(len(front.trials), len(complete), len(finished), front.hypervolume,
                         artifacts)
-
-
-def _selected_accuracy(complete: list[FrozenTrial], values: np.ndarray) -> np.ndarray | None:
-    """(true accuracy of the kept epoch, stored_params) per trial, or None without labels."""
-    selected = [t.user_attrs.get("target_acc_selected") for t in complete]
-    if any(a is None for a in selected):
-        return None
-    return np.column_stack([np.array(selected, dtype=float), values[:, 1]])
 
 
 def _run_id(children: dict[str, Run], trial_id: Any) -> str | None:
@@ -289,57 +307,26 @@ def _run_id(children: dict[str, Run], trial_id: Any) -> str | None:
 # ---- per-task fronts of a multi-task search ---------------------------------------------------
 
 
-def _task_values(task: str, complete: list[FrozenTrial], tune_trials: dict[str, TuneTrial]
-                 ) -> tuple[list[FrozenTrial], list[dict[str, Any]]]:
-    """Complete trials with this task's final accuracy and storage, and those results."""
-    kept, finals = [], []
-    for trial in complete:
-        tune = tune_trials.get(str(trial.user_attrs.get(TUNE_TRIAL_ID)))
-        last = tune.last if tune else {}
-        if last.get(f"{task}/target_acc") is not None and \
-                last.get(f"{task}/stored_params") is not None:
-            kept.append(trial)
-            finals.append(last)
-    return kept, finals
-
-
 def _task_fronts(recorder: Recorder, complete: list[FrozenTrial],
-                 tune_trials: dict[str, TuneTrial], children: dict[str, Run],
+                 tune_trials: dict[str, dict[str, Any]], children: dict[str, Run],
                  finished: list[FrozenTrial], artifacts: list[str]) -> list[Metric]:
     """Each task's own front (its accuracy against its stored parameters)."""
     info, metrics = recorder.info, []
     for task, pair in zip(info.tasks, info.task_pairs):
-        trials, finals = _task_values(task, complete, tune_trials)
-        if not trials:
+        tf: TaskFront | None = task_front(task, complete, tune_trials)
+        if tf is None:
             continue
-        values = np.array([[f[f"{task}/target_acc"], f[f"{task}/stored_params"]]
-                           for f in finals], dtype=float)
-        ranks = non_dominated_ranks(values, MODES)
-        names = sorted({n for t in trials for n in t.params})
-        rows = []
-        for trial, final, rank in zip(trials, finals, ranks):
-            if rank != 0:
-                continue
-            tune_id = trial.user_attrs.get(TUNE_TRIAL_ID)
-            rows.append({"trial": trial.number, "target_acc": final[f"{task}/target_acc"],
-                         "stored_params": int(final[f"{task}/stored_params"]),
-                         "target_acc_last": final.get(f"{task}/target_acc_last"),
-                         "target_acc_class_mean": final.get(f"{task}/target_acc_class_mean"),
-                         **{n: trial.params.get(n) for n in names}, TUNE_TRIAL_ID: tune_id,
-                         RUN_ID_COLUMN: _run_id(children, tune_id)})
-        rows.sort(key=lambda r: (-r["target_acc"], r["stored_params"]))
-        columns = ["trial", *METRICS, "target_acc_last", "target_acc_class_mean", *names,
-                   TUNE_TRIAL_ID, RUN_ID_COLUMN]
-        artifacts += _write_front(recorder, f"{FRONT_DIR}/{task}", rows, columns,
-                                  _points(trials, values, ranks == 0),
-                                  _title(recorder, task, len(trials), len(rows)),
+        rows = [{**row, RUN_ID_COLUMN: _run_id(children, row.get(TUNE_TRIAL_ID))}
+                for row in tf.rows]
+        artifacts += _write_front(recorder, f"{FRONT_DIR}/{task}", rows,
+                                  [*tf.columns, RUN_ID_COLUMN],
+                                  trial_points(tf.trials, tf.values, tf.ranks == 0),
+                                  _title(recorder, task, len(tf.trials), len(rows)),
                                   paper_references(info.benchmark, info.model, [pair]))
-        reference = default_reference(values, MODES)
-        value = hypervolume_2d(values[ranks == 0], MODES, reference)
         last = finished[-1] if finished else None
-        metrics.append(Metric(f"{task}/{HYPERVOLUME}", float(value),
-                              _millis(last) if last else 0, len(finished)))
-        for trial, rank in zip(trials, ranks):
+        metrics.append(Metric(f"{task}/{HYPERVOLUME}", tf.hypervolume,
+                              trial_millis(last) if last else 0, len(finished)))
+        for trial, rank in zip(tf.trials, tf.ranks):
             run = children.get(str(trial.user_attrs.get(TUNE_TRIAL_ID)))
             if run is not None:
                 set_tags(recorder.client, run.info.run_id,

@@ -1,18 +1,22 @@
-"""What identifies a search in MLflow, and what its parent run records about it.
+"""The search's side of MLflow: what tracking is told about a search, as plain data.
 
-`SearchInfo` is small and picklable: the Tune callback carries it into Tune's experiment snapshot,
-so a resumed search logs to the same parent run. It is built from the validated SearchPlan, the
-same way by the live search and by `vlpuda sync`, so both find (or create) the same runs.
+tracking never sees a SearchPlan: this module turns the plan into a `SearchInfo` (the parent
+run's name, params and tags) and hands it, with the destination the plan resolved once, to
+vlpuda.tracking. The driver opens its tracker here; `vlpuda sync` builds the plan from the run
+dir's manifest here and passes tracking the study and the infos.
 """
 
 from __future__ import annotations
 
-import subprocess
-from dataclasses import dataclass, field
-from importlib import metadata
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vlpuda.layout import SEARCH_KEYS, read_manifest
+from vlpuda.objectives import METRICS
+from vlpuda.search.plan import SearchPlan, plan_from_manifest
+from vlpuda.search.stopping_settings import describe_stopping
+from vlpuda.search.study import load_study
 from vlpuda.tracking.content import (
     TAG_KIND,
     TAG_NOTE,
@@ -21,74 +25,20 @@ from vlpuda.tracking.content import (
     TAG_SEARCH,
     TAG_STUDY,
     TAG_TASKS,
+    SearchInfo,
     flat_params,
+    git_commit,
+    package_versions,
 )
 
 if TYPE_CHECKING:
-    from vlpuda.search.settings import SearchPlan
+    from vlpuda.tracking.live import SearchTracker
 
-# Versions recorded on the parent run: what a result depends on.
-PACKAGES = ("vlpuda", "torch", "open_clip_torch", "ray", "optuna", "mlflow")
-
-
-@dataclass(frozen=True)
-class SearchInfo:
-    """One search run as MLflow sees it.
-
-    Attributes:
-        key: identifies the parent run: "<search name>/<tune experiment>".
-        name: the search's name (the parent run's name).
-        experiment: the MLflow experiment (default: the search's name).
-        study: the Optuna study name; children of all its runs share one front.
-        run_dir: the search's run directory, absolute.
-        tasks: task keys as the loop names them (Art_to_Clipart), in the search's order.
-        task_pairs: the same tasks as (source, target).
-        epochs: the full length of a trial (shorter ones were stopped early).
-        budget: the stored-parameter budget, if any.
-        benchmark: the config's benchmark (for the paper's reference points).
-        model: the open_clip model name.
-        params: the parent run's params.
-        tags: the parent run's tags.
-        storage: the Optuna study's database URL (trial numbers are read from it).
-        objectives: the study's two objectives, as result keys.
-    """
-
-    key: str
-    name: str
-    experiment: str
-    study: str
-    run_dir: str
-    tasks: tuple[str, ...]
-    task_pairs: tuple[tuple[str, str], ...]
-    epochs: int
-    budget: int | None
-    benchmark: str
-    model: str
-    params: dict[str, str] = field(default_factory=dict, hash=False)
-    tags: dict[str, str] = field(default_factory=dict, hash=False)
-    storage: str = ""
-    objectives: tuple[str, str] = ("target_acc", "stored_params")
+Log = Callable[[str], None]
 
 
-def git_commit() -> str:
-    """The commit of the vlpuda checkout, or "unknown" (an installed wheel has none)."""
-    try:
-        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                              capture_output=True, text=True, timeout=5, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    commit = done.stdout.strip()
-    return commit if done.returncode == 0 and commit else "unknown"
-
-
-def package_versions() -> dict[str, str]:
-    versions = {}
-    for package in PACKAGES:
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = "not installed"
-    return versions
+def _say(message: str) -> None:
+    print(message, flush=True)
 
 
 def _space_params(plan: SearchPlan) -> dict[str, Any]:
@@ -119,9 +69,6 @@ def parent_params(plan: SearchPlan) -> dict[str, str]:
     params["search.tasks"] = ",".join(f"{t.src}->{t.tgt}" for t in plan.tasks)
     params["search.epochs"] = str(plan.epochs)
     # Which scheduler ran (asha: true and the moasha default resolved) and on what.
-    from vlpuda.search.settings import METRICS
-    from vlpuda.search.stopping_settings import describe_stopping
-
     stopping = plan.settings.early_stopping
     params["search.scheduler"] = stopping.effective_method
     params["search.scheduler_detail"] = describe_stopping(stopping, plan.grace_period,
@@ -163,3 +110,42 @@ def search_info(plan: SearchPlan, tune_experiment: str, experiment: str | None =
         budget=plan.settings.stored_params_budget, benchmark=first.benchmark, model=first.model,
         params=parent_params(plan), tags=tags, storage=plan.storage,
     )
+
+
+def open_search_tracker(plan: SearchPlan, tune_experiment: str, log: Log = _say
+                        ) -> SearchTracker | None:
+    """The tracker the plan's tracking section asks for (its parent run opened), or None when it
+    turns tracking off. Never raises on a tracking failure: see SearchTracker.open."""
+    from vlpuda.tracking.live import SearchTracker  # Ray's Callback: only where Ray runs
+
+    tracking = plan.tracking
+    if not tracking.enabled:
+        log("MLflow tracking is off (tracking.enabled: false); results are in the run dir")
+        return None
+    return SearchTracker.open(search_info(plan, tune_experiment, tracking.experiment),
+                              tracking.destination, plan.ray_storage, log)
+
+
+def sync_search(run_dir: str | Path, tracking_uri: str | None = None,
+                experiment: str | None = None, log: Log = print) -> Any:
+    """`vlpuda sync RUN_DIR`: bring MLflow up to date with a search's run directory (see
+    vlpuda.tracking.backfill.sync_run_dir; this reads the manifest, study and plan for it).
+
+    Raises:
+        TrackingError: when the tracking server cannot be reached.
+        VlpudaError: when run_dir is not a search's run directory.
+    """
+    from vlpuda.tracking.backfill import sync_run_dir
+
+    run_dir = Path(run_dir).expanduser().resolve()
+    manifest = read_manifest(run_dir, SEARCH_KEYS)
+    study = load_study(manifest)  # before anything else: a missing study creates nothing
+    # Data paths are not checked: the data may have moved since; only names and settings matter.
+    plan = plan_from_manifest(run_dir, manifest, check_paths=False)
+    experiment = experiment or plan.tracking.experiment
+    return sync_run_dir(
+        run_dir, study, plan.ray_storage,
+        lambda tune_experiment: search_info(plan, tune_experiment, experiment),
+        planned=plan.tracking, tracking_uri=tracking_uri,
+        finished=manifest.get("status") == "finished", latest=manifest.get("experiment"),
+        log=log)
