@@ -48,6 +48,7 @@ def test_search_by_snd_on_unlabeled_target(ray_session, tiny_unlabeled_assets, t
 
     study = run_study(run_dir)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+    assert study.metric_names == ["proxy_snd_best", "stored_params"]  # as Optuna shows them
     values = {t.number: t.values for t in study.trials}
     front = [t.number for t in study.best_trials]
     for a, b in itertools.permutations(front, 2):

@@ -80,12 +80,13 @@ class ParetoOptunaSearch(OptunaSearch):
 
     def _setup_study(self, mode) -> None:
         super()._setup_study(mode)
-        # Objective names in the storage: optuna-dashboard and `plot_pareto_front` show
-        # target_acc / stored_params instead of "Objective 0" / "Objective 1".
-        if self._ot_study.metric_names != list(METRICS):
+        # Objective names in the storage: optuna-dashboard and `plot_pareto_front` show the
+        # search's own objectives (target_acc or proxy_bnm_best, and stored_params) instead of
+        # "Objective 0" / "Objective 1".
+        if self._ot_study.metric_names != list(self._metrics):
             with warnings.catch_warnings():  # experimental since Optuna 3.2, stable in use
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                self._ot_study.set_metric_names(list(METRICS))
+                self._ot_study.set_metric_names(list(self._metrics))
 
     def suggest(self, trial_id: str) -> dict | None:
         config = super().suggest(trial_id)

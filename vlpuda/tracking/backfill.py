@@ -9,9 +9,9 @@ changes nothing. The search reads the run dir's manifest and plan (vlpuda.search
 passes the study, the parents' SearchInfo and the planned destination in here.
 
 `vlpuda export`: a child run holds `delta/best_delta.safetensors` (a multi-task trial: one per
-task folder), the delta of the epoch with the best target accuracy, the one `target_acc` reports.
-Writing it into the base model (`vlpuda evaluate --checkpoint DIR/best_delta.safetensors`)
-reproduces that accuracy.
+task folder), the delta of the epoch the trial's `selection` metric kept (the search's objective:
+`target_acc`, the oracle, or a label-free validator; docs/method.md). Writing it into the base
+model (`vlpuda evaluate --checkpoint DIR/best_delta.safetensors`) reproduces that epoch's scores.
 """
 
 from __future__ import annotations

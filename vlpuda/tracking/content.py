@@ -108,7 +108,8 @@ def _task_rows(rows: list[Mapping[str, Any]], prefix: str) -> list[Mapping[str, 
 
 
 def _best_row(rows: list[Mapping[str, Any]]) -> Mapping[str, Any] | None:
-    """The row of the epoch that holds the best target accuracy (the delta users deploy)."""
+    """The row of the epoch the run kept (`best_epoch`, picked by its selection metric): the
+    delta users deploy."""
     best = rows[-1].get("best_epoch")
     if best is None:
         return None
