@@ -51,23 +51,16 @@ from vlpuda.trainables.assets import (
     resolve_demo,
     source_split,
 )
-from vlpuda.trainables.data import (
-    DecodedDomain,
-    InfiniteSampler,
-    cached_train_input,
-    model_input,
-    train_views,
-)
+from vlpuda.trainables.decoded import DecodedDomain
 from vlpuda.trainables.filekind import StateFileError, load_state_file
 from vlpuda.trainables.fingerprint import FINGERPRINT_KEY, weights_fingerprint
 from vlpuda.trainables.ladder import LADDER_SECONDS, LADDER_SHARE, ladder_metrics, score_ladder
 from vlpuda.trainables.losses import LossWeights, cmkd_terms, fixmatch_term, ramp
-from vlpuda.trainables.models import Student, load_clip, text_prototypes, visual_tower
+from vlpuda.trainables.models import load_clip
 from vlpuda.trainables.partial import align_target
 from vlpuda.trainables.prune import STATE_FILE
 from vlpuda.trainables.records import append_epoch
 from vlpuda.trainables.resized_crop import resized_crop_views
-from vlpuda.trainables.scoring import Forward, domain_logits, labelled_accuracy, score_target
 from vlpuda.trainables.rst import (
     DeltaArtifact,
     ResidualSparsity,
@@ -76,7 +69,11 @@ from vlpuda.trainables.rst import (
     save_delta,
     stored_params,
 )
+from vlpuda.trainables.sampler import InfiniteSampler
+from vlpuda.trainables.scoring import Forward, domain_logits, labelled_accuracy, score_target
 from vlpuda.trainables.strong_view import StrongViewPrefetcher, fill_colour
+from vlpuda.trainables.student import Student, text_prototypes, visual_tower
+from vlpuda.trainables.views import cached_train_input, model_input, train_views
 
 DELTA_FILE = "delta.safetensors"
 BEST_DELTA_FILE = "best_delta.safetensors"
