@@ -15,10 +15,10 @@ from helpers import tiny_train_overrides, write_local_dir_model, write_tiny_doma
 from vlpuda.cli import main
 from vlpuda.config import build_config, read_yaml
 from vlpuda.errors import ConfigError, DataError
+from vlpuda.layout import BEST_DELTA_FILE
 from vlpuda.search.settings import build_plan
 from vlpuda.trainables.assets import build_task_assets
 from vlpuda.trainables.lists import list_imagefolder
-from vlpuda.trainables.loop import BEST_DELTA_FILE
 from vlpuda.trainables.models import load_clip
 from vlpuda.trainables.partial import align_target
 from vlpuda.trainables.student import text_prototypes

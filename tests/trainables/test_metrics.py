@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from vlpuda.trainables.decoded import decoded_from_arrays
-from vlpuda.trainables.loop import evaluate
+from vlpuda.trainables.evaluation import evaluate
 from vlpuda.trainables.metrics import class_mean_accuracy, per_class_counts
 from vlpuda.trainables.models import load_clip
 from vlpuda.trainables.student import Student, visual_tower
