@@ -40,15 +40,10 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
-from vlpuda.trainables.data import (
-    DecodedDomain,
-    InfiniteSampler,
-    cached_train_input,
-    decode_domain,
-    list_imagefolder,
-    model_input,
-    train_views,
-)
+from vlpuda.trainables.decoded import DecodedDomain, decode_domain
+from vlpuda.trainables.lists import list_imagefolder
+from vlpuda.trainables.sampler import InfiniteSampler
+from vlpuda.trainables.views import cached_train_input, model_input, train_views
 
 # CLIP's normalisation (method.md section 6).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

@@ -42,7 +42,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from vlpuda.config import build_config  # noqa: E402
 from vlpuda.trainables.assets import TaskAssets  # noqa: E402
-from vlpuda.trainables.data import decoded_from_arrays  # noqa: E402
+from vlpuda.trainables.decoded import decoded_from_arrays  # noqa: E402
 from vlpuda.trainables.loop import TaskRun  # noqa: E402
 
 TINY_CONFIGS = Path(__file__).resolve().parents[1] / "tests" / "model_configs"

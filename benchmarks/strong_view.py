@@ -27,8 +27,9 @@ from PIL import Image
 from timm.data.auto_augment import rand_augment_transform
 from torchvision import transforms
 
-from vlpuda.trainables.data import InfiniteSampler, cached_train_input
+from vlpuda.trainables.sampler import InfiniteSampler
 from vlpuda.trainables.strong_view import StrongViewPrefetcher, fill_colour, step_rng, strong_batch
+from vlpuda.trainables.views import cached_train_input
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

@@ -271,9 +271,9 @@ def mixval_cost(n: int = 2000, repeats: int = 2) -> None:
     import open_clip
     import torch
 
-    from vlpuda.trainables.data import decoded_from_arrays
-    from vlpuda.trainables.models import Student
+    from vlpuda.trainables.decoded import decoded_from_arrays
     from vlpuda.trainables.scoring import Forward, score_target
+    from vlpuda.trainables.student import Student
 
     open_clip.add_model_config(Path(__file__).parents[1] / "tests/model_configs/tiny-vit-test.json")
     torch.manual_seed(0)

@@ -10,8 +10,8 @@ import torch
 from cuda_helpers import relative_error, tiny_task_run, tiny_visual
 from helpers import write_tiny_domains
 
-from vlpuda.trainables.data import cached_train_input, model_input, train_views
 from vlpuda.trainables.rst import ResidualSparsity
+from vlpuda.trainables.views import cached_train_input, model_input, train_views
 
 pytestmark = pytest.mark.cuda
 

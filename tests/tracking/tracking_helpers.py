@@ -86,7 +86,7 @@ def tiny_trainable(config: dict[str, Any], *, tasks: tuple[str, ...], out: str) 
         if len(tasks) == 1:
             metrics = dict(next(iter(per_task.values())))
         else:
-            from vlpuda.trainables.loop import aggregate
+            from vlpuda.trainables.reporting import aggregate
 
             metrics = aggregate(per_task)
         # Bookkeeping keys the real trial reports, which must not become MLflow metrics.
@@ -115,7 +115,7 @@ def run_tiny_search(plan, tracking_uri: str | None, extra_callbacks=(), experime
     from vlpuda.search.tracked import search_info
     from vlpuda.tracking.live import SearchTracker, warn
     from vlpuda.tracking.where import resolve_destination
-    from vlpuda.trainables.loop import task_key
+    from vlpuda.trainables.reporting import task_key
 
     manifest = {"name": plan.name, "study_name": plan.study_name, "storage": plan.storage,
                 "ray_storage": plan.ray_storage, "experiment": experiment, "source": None,

@@ -15,12 +15,13 @@ from helpers import tiny_train_overrides, write_local_dir_model, write_tiny_doma
 from vlpuda.cli import main
 from vlpuda.config import build_config, read_yaml
 from vlpuda.errors import ConfigError, DataError
+from vlpuda.layout import BEST_DELTA_FILE
 from vlpuda.search.plan import build_plan
 from vlpuda.trainables.assets import build_task_assets
-from vlpuda.trainables.data import list_imagefolder
-from vlpuda.trainables.loop import BEST_DELTA_FILE
-from vlpuda.trainables.models import load_clip, text_prototypes
+from vlpuda.trainables.lists import list_imagefolder
+from vlpuda.trainables.models import load_clip
 from vlpuda.trainables.partial import align_target
+from vlpuda.trainables.student import text_prototypes
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCE_CLASSES = ["Alarm_Clock", "Bike", "TV", "Table"]  # helpers.CLASSES, ImageFolder order
@@ -70,7 +71,7 @@ def test_pda_target_is_re_indexed_into_the_source_classes(pda_task, tmp_path) ->
 def test_pda_refuses_a_target_class_the_source_lacks(pda_task) -> None:
     _, data, _ = pda_task
     classes, samples = list_imagefolder(data / "Clipart_extra")
-    from vlpuda.trainables.data import decoded_from_arrays
+    from vlpuda.trainables.decoded import decoded_from_arrays
 
     target = decoded_from_arrays("Clipart_extra", classes, np.array([s.label for s in samples]),
                                  np.zeros((len(samples), 4, 4, 3), np.uint8),

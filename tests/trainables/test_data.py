@@ -13,21 +13,17 @@ from PIL import Image
 from torchvision.datasets import ImageFolder
 
 from vlpuda.errors import DataError
-from vlpuda.trainables import data
-from vlpuda.trainables.data import (
+from vlpuda.trainables import views as data
+from vlpuda.trainables.decoded import DecodedDomain, decode_domain, decoded_from_arrays
+from vlpuda.trainables.lists import (
     IMG_EXTENSIONS,
-    DecodedDomain,
-    InfiniteSampler,
     Sample,
-    cached_train_input,
     check_same_classes,
-    decode_domain,
-    decoded_from_arrays,
     list_imagefolder,
-    model_input,
     read_image_list,
-    train_views,
 )
+from vlpuda.trainables.sampler import InfiniteSampler
+from vlpuda.trainables.views import cached_train_input, model_input, train_views
 
 # Real Office-Home names; 'TV' < 'Table' < ... only under a case-sensitive sort.
 OFFICE_HOME_CLASSES = ["Alarm_Clock", "TV", "Table", "Bike", "the_lowercase"]

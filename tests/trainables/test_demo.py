@@ -11,16 +11,16 @@ import pytest
 import torch
 from PIL import Image
 
-from vlpuda.trainables.data import decode_domain, list_imagefolder
-from vlpuda.trainables.demo import (
+from vlpuda.trainables.decoded import decode_domain
+from vlpuda.trainables.demo import prepare_demo
+from vlpuda.trainables.demo_digits import (
     DEMO_CLASSES,
     DEMO_DOMAINS,
-    DEMO_TEMPLATE,
     build_digit_domains,
     digit_domain_arrays,
-    prepare_demo,
-    zero_shot_accuracy,
 )
+from vlpuda.trainables.demo_teacher import DEMO_TEMPLATE, zero_shot_accuracy
+from vlpuda.trainables.lists import list_imagefolder
 
 EXPECTED_SIZES = {"MNIST": 2500, "MNIST-M": 2000, "Printed": 2000}
 

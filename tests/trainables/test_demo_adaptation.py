@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from vlpuda.config import load_config
-from vlpuda.trainables.loop import LocalReporter, train
+from vlpuda.trainables.loop import train
+from vlpuda.trainables.reporting import LocalReporter
 
 DEMO = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 

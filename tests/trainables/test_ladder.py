@@ -42,7 +42,8 @@ def test_ladder_cuts_are_real_deltas_that_reproduce_their_scores(tmp_path):
 
     from helpers import tiny_train_overrides, write_local_dir_model, write_tiny_domains
     from vlpuda.config import build_config
-    from vlpuda.trainables.loop import evaluate_delta, train
+    from vlpuda.trainables.evaluation import evaluate_delta
+    from vlpuda.trainables.loop import train
     from vlpuda.trainables.rst import load_delta
 
     data = write_tiny_domains(tmp_path / "data")

@@ -12,14 +12,9 @@ import torch
 from helpers import tiny_train_overrides, write_local_dir_model, write_tiny_domains
 from vlpuda.cli import main
 from vlpuda.config import build_config
-from vlpuda.trainables.loop import (
-    BEST_DELTA_FILE,
-    DELTA_FILE,
-    LocalReporter,
-    TaskRun,
-    aggregate,
-    train,
-)
+from vlpuda.layout import BEST_DELTA_FILE, DELTA_FILE
+from vlpuda.trainables.loop import TaskRun, train
+from vlpuda.trainables.reporting import LocalReporter, aggregate
 from vlpuda.trainables.rst import load_delta
 
 

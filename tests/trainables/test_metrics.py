@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from vlpuda.trainables.data import decoded_from_arrays, model_input
-from vlpuda.trainables.loop import evaluate
+from vlpuda.trainables.decoded import decoded_from_arrays
+from vlpuda.trainables.evaluation import evaluate
 from vlpuda.trainables.metrics import class_mean_accuracy, per_class_counts
-from vlpuda.trainables.models import Student, load_clip, visual_tower
+from vlpuda.trainables.models import load_clip
+from vlpuda.trainables.student import Student, visual_tower
+from vlpuda.trainables.views import model_input
 
 
 def test_class_mean_of_a_tiny_confusion_case() -> None:

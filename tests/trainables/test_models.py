@@ -24,14 +24,13 @@ from safetensors.torch import save_file
 from torch import nn
 
 from vlpuda.errors import ModelLoadError
+from vlpuda.trainables.models import LoadedClip, load_clip
 from vlpuda.trainables.rst import stored_params
-from vlpuda.trainables.models import (
-    LoadedClip,
+from vlpuda.trainables.student import (
     Student,
     TaskHead,
     class_prompt_name,
     feature_dim,
-    load_clip,
     text_prototypes,
     visual_tower,
 )

@@ -19,7 +19,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from timm.data import auto_augment as timm_aa
 
-from vlpuda.trainables.data import InfiniteSampler
+from vlpuda.trainables.sampler import InfiniteSampler
 from vlpuda.trainables.strong_view import (
     GEOMETRIC,
     OPS,

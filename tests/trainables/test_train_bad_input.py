@@ -12,7 +12,8 @@ import torch
 
 from helpers import tiny_train_overrides, write_local_dir_model, write_tiny_domains
 from vlpuda.cli import main
-from vlpuda.trainables.loop import BEST_DELTA_FILE, STATE_FILE
+from vlpuda.layout import BEST_DELTA_FILE
+from vlpuda.trainables.prune import STATE_FILE
 
 
 def train_argv(overrides: dict, *extra: str) -> list[str]:

@@ -11,10 +11,12 @@ import pytest
 from helpers import tiny_train_overrides, write_local_dir_model, write_tiny_domains
 from vlpuda.config import build_config
 from vlpuda.errors import ConfigError, DataError
+from vlpuda.layout import BEST_DELTA_FILE
 from vlpuda.objectives import LABEL_METRICS
 from vlpuda.trainables.assets import build_task_assets, source_split
-from vlpuda.trainables.data import list_imagefolder
-from vlpuda.trainables.loop import BEST_DELTA_FILE, LocalReporter, train
+from vlpuda.trainables.lists import list_imagefolder
+from vlpuda.trainables.loop import train
+from vlpuda.trainables.reporting import LocalReporter
 from vlpuda.trainables.rst import load_delta
 from vlpuda.trainables.unlabeled import UNLABELED, list_unlabeled_folder, read_path_list
 

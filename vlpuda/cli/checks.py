@@ -36,7 +36,7 @@ def model_problems(cfg: TrainConfig) -> list[str]:
 def domain_classes(cfg: TrainConfig, domain: str) -> list[str]:
     """A domain's class names in label order: its class folders, or its image list's labels
     named after the folders their images sit in (each listed file is checked to exist)."""
-    from vlpuda.trainables.data import list_class_folders, read_image_list
+    from vlpuda.trainables.lists import list_class_folders, read_image_list
 
     root = Path(cfg.data_dir or ".").expanduser()
     if domain in cfg.image_lists:
@@ -46,7 +46,7 @@ def domain_classes(cfg: TrainConfig, domain: str) -> list[str]:
 
 def class_problems(cfg: TrainConfig) -> list[str]:
     """Source and target must have the same classes in the same order (as training checks)."""
-    from vlpuda.trainables.data import check_same_classes
+    from vlpuda.trainables.lists import check_same_classes
 
     if cfg.src is None or cfg.tgt is None or cfg.data_dir is None:
         return []

@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     problems = path_problems(cfg.model_copy(update={"src": None}), need_domains=False)
     if problems:
         raise ConfigError(problems, args.checkpoint)
-    from vlpuda.trainables.loop import evaluate_delta
+    from vlpuda.trainables.evaluation import evaluate_delta
 
     scores = evaluate_delta(cfg, delta, allow_other_base=args.allow_base_mismatch)
     accuracy = (f"task head accuracy {scores['target_acc_last']:.2f} %, "

@@ -41,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
     # never replaced unless asked.
     prepare_out_dir(cfg.out_dir, args.resume, args.overwrite)
     # Heavy imports only once the config is known to be good.
-    from vlpuda.trainables.loop import LocalReporter, train
+    from vlpuda.trainables.loop import train
+    from vlpuda.trainables.reporting import LocalReporter
 
     reporter = LocalReporter(cfg.out_dir)
     resume_from = None

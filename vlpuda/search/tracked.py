@@ -80,7 +80,7 @@ def parent_params(plan: SearchPlan) -> dict[str, str]:
 def search_info(plan: SearchPlan, tune_experiment: str, experiment: str | None = None
                 ) -> SearchInfo:
     """The SearchInfo of one run (`tune_experiment`) of the search `plan` describes."""
-    from vlpuda.trainables.loop import task_key
+    from vlpuda.trainables.reporting import task_key
 
     first = plan.tasks[0]
     tasks = tuple(task_key(t) for t in plan.tasks)

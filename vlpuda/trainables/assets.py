@@ -12,15 +12,11 @@ from pathlib import Path
 import numpy as np
 
 from vlpuda.config import DEMO_MODEL, TrainConfig
-from vlpuda.trainables.data import (
-    DecodedDomain,
-    check_same_classes,
-    decode_domain,
-    list_imagefolder,
-    read_image_list,
-)
-from vlpuda.trainables.models import LoadedClip, load_clip, text_prototypes
+from vlpuda.trainables.decoded import DecodedDomain, decode_domain
+from vlpuda.trainables.lists import check_same_classes, list_imagefolder, read_image_list
+from vlpuda.trainables.models import LoadedClip, load_clip
 from vlpuda.trainables.partial import align_target
+from vlpuda.trainables.student import text_prototypes
 from vlpuda.trainables.unlabeled import list_unlabeled_folder, read_path_list, without
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vlpuda.trainables.data import list_imagefolder
+from vlpuda.trainables.lists import list_imagefolder
 
 SOURCE = "MNIST"
 TARGETS = ("MNIST-M", "Printed")

@@ -3,6 +3,7 @@
 Read top to bottom: set-up, then one loop over iterations, then per-epoch evaluation, checkpoint
 and report. The same function runs in a plain process (`vlpuda train`) and as a Ray Train worker
 (`trial.py`); the only difference is the Reporter it is given and whether torch.distributed is up.
+What each step calls lives beside it: optimizer.py, evaluation.py, checkpoint.py, reporting.py.
 
 Metrics (a contract across Tune, Optuna, MLflow and the CLI; accuracies in percent):
   target_acc       best target accuracy so far: the paper's oracle selection (uses target labels);
@@ -25,15 +26,12 @@ Metrics (a contract across Tune, Optuna, MLflow and the CLI; accuracies in perce
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 import shutil
 import tempfile
 import time
-from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,172 +41,24 @@ from torch.nn.parallel import DistributedDataParallel
 
 from vlpuda.config import TrainConfig
 from vlpuda.objectives import ORACLE, selected_key
-from vlpuda.trainables.assets import (
-    TaskAssets,
-    build_task_assets,
-    load_domain,
-    load_unlabeled_target,
-    resolve_demo,
-    source_split,
-)
-from vlpuda.trainables.data import (
-    DecodedDomain,
-    InfiniteSampler,
-    cached_train_input,
-    model_input,
-    train_views,
-)
-from vlpuda.trainables.filekind import StateFileError, load_state_file
-from vlpuda.trainables.fingerprint import FINGERPRINT_KEY, weights_fingerprint
-from vlpuda.trainables.ladder import LADDER_SECONDS, LADDER_SHARE, ladder_metrics, score_ladder
+from vlpuda.trainables.assets import TaskAssets, build_task_assets, resolve_demo, source_split
+from vlpuda.trainables.checkpoint import load_checkpoint, save_checkpoint
+from vlpuda.trainables.decoded import DecodedDomain
+from vlpuda.trainables.device import autocast_for, pick_device
+from vlpuda.trainables.evaluation import sparsity_ladder, target_scores
+from vlpuda.trainables.fingerprint import weights_fingerprint
+from vlpuda.trainables.ladder import LADDER_SECONDS, LADDER_SHARE, ladder_metrics
 from vlpuda.trainables.losses import LossWeights, cmkd_terms, fixmatch_term, ramp
-from vlpuda.trainables.models import Student, load_clip, text_prototypes, visual_tower
-from vlpuda.trainables.partial import align_target
-from vlpuda.trainables.prune import STATE_FILE
-from vlpuda.trainables.records import append_epoch
+from vlpuda.trainables.models import load_clip
+from vlpuda.trainables.optimizer import inverse_decay, sgd_optimizer
+from vlpuda.trainables.reporting import LocalReporter, Reporter, aggregate, task_key
 from vlpuda.trainables.resized_crop import resized_crop_views
-from vlpuda.trainables.scoring import Forward, domain_logits, labelled_accuracy, score_target
-from vlpuda.trainables.rst import (
-    DeltaArtifact,
-    ResidualSparsity,
-    apply_delta_,
-    load_delta,
-    save_delta,
-    stored_params,
-)
+from vlpuda.trainables.rst import ResidualSparsity, stored_params
+from vlpuda.trainables.sampler import InfiniteSampler
+from vlpuda.trainables.scoring import Forward, domain_logits
 from vlpuda.trainables.strong_view import StrongViewPrefetcher, fill_colour
-
-DELTA_FILE = "delta.safetensors"
-BEST_DELTA_FILE = "best_delta.safetensors"
-
-
-class Reporter(Protocol):
-    """Receives each epoch's metrics and, on rank 0, a directory holding the checkpoint."""
-
-    def __call__(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None: ...
-
-
-class LocalReporter:
-    """For a plain process: print a line per epoch and keep the latest checkpoint in out_dir."""
-
-    def __init__(self, out_dir: str | Path, log=print) -> None:
-        self.out_dir = Path(out_dir)
-        self.log = log
-        self._reported = False
-
-    @property
-    def checkpoint_dir(self) -> Path:
-        return self.out_dir / "checkpoint"
-
-    def __call__(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
-        self.log(format_metrics(metrics))
-        if checkpoint_dir is None:
-            return
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        # The metrics line first: every epoch a checkpoint holds is then in metrics.jsonl (a
-        # resume drops a line past its checkpoint, and trains that epoch again).
-        append_epoch(self.out_dir / "metrics.jsonl", metrics, not self._reported)
-        self._reported = True
-        # Replace the previous checkpoint only once the new one is complete on disk.
-        staging = self.out_dir / "checkpoint.new"
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(checkpoint_dir, staging)
-        shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
-        staging.rename(self.checkpoint_dir)
-        # Keep each task's best delta beside the checkpoint, where users look for it.
-        for delta in self.checkpoint_dir.rglob(DELTA_FILE):
-            best = delta.with_name(BEST_DELTA_FILE)
-            target = self.out_dir / delta.parent.relative_to(self.checkpoint_dir) / BEST_DELTA_FILE
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(best if best.exists() else delta, target)
-
-
-def format_metrics(m: dict[str, Any]) -> str:
-    accuracy = (f"target acc last {m['target_acc_last']:.2f} class-mean "
-                f"{m['target_acc_class_mean']:.2f} best(oracle) {m['target_acc']:.2f} "
-                f"clip {m['target_acc_clip']:.2f} | " if "target_acc_last" in m
-                else "target unlabeled | ")
-    return (
-        f"epoch {m['epoch']:>3} it {m['iteration']:>6} | loss {m['loss']:.4f} | {accuracy}"
-        f"snd {m['proxy_snd']:.3f} im {m['proxy_im']:.3f} zs-agree "
-        f"{m.get('proxy_zs_agreement', float('nan')):.1f} | kept epoch {m.get('best_epoch', '-')} | "
-        f"stored {m['stored_params']:,} ({m['delta_bytes']:,} B) | "
-        f"{m['seconds_per_iteration'] * 1000:.0f} ms/it"
-    )
-
-
-def pick_device(cfg: TrainConfig) -> torch.device:
-    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-def inverse_decay(iteration: int, gamma: float, decay: float) -> float:
-    """The reference code's LambdaLR factor (1 + gamma * t)^-decay, stepped every iteration."""
-    return (1.0 + gamma * iteration) ** (-decay)
-
-
-def autocast_for(cfg: TrainConfig, device: torch.device):
-    # Autocast only: the weights stay fp32 because RST thresholds (1e-6..1e-8) and lr-1e-7 updates
-    # are far below bf16/fp16 resolution; a half-precision model would never move.
-    if cfg.precision == "fp32":
-        return nullcontext()
-    dtype = torch.bfloat16 if cfg.precision == "amp_bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def evaluate(
-    student: Student,
-    domain: DecodedDomain,
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
-    device: torch.device,
-    batch_size: int,
-    autocast,
-    memory_format: torch.memory_format = torch.contiguous_format,
-    sharded: bool = True,
-    zero_shot: torch.Tensor | None = None,
-) -> dict[str, float]:
-    """Target accuracies (labelled targets only) and label-free validators; each rank scores a
-    shard, then the shards are gathered (scoring.py). `memory_format`: the input layout the model
-    trains with (channels_last for such a ResNet); `sharded=False`: this rank scores every image
-    alone (the others are not taking part); `zero_shot`: the frozen zero-shot predictions."""
-    fwd = Forward(mean, std, device, batch_size, autocast, memory_format, sharded)
-    return score_target(student, domain, fwd, zero_shot)
-
-
-def delta_metadata(cfg: TrainConfig, assets: TaskAssets, epoch: int, base: str
-                   ) -> dict[str, str]:
-    return {
-        FINGERPRINT_KEY: base,
-        "model": cfg.model,
-        "pretrained": json.dumps(cfg.pretrained),
-        "classes": json.dumps(assets.classes),
-        "rst_mode": cfg.rst_mode_effective,
-        "rst_threshold": repr(cfg.rst_threshold),
-        "rst_ratio": repr(cfg.rst_ratio),
-        "epoch": str(epoch),
-        "config": cfg.model_dump_json(),
-    }
-
-
-def rng_state(generator: torch.Generator) -> dict[str, torch.Tensor]:
-    state = {"generator": generator.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def set_rng_state(generator: torch.Generator, state: dict[str, torch.Tensor]) -> None:
-    generator.set_state(state["generator"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-
-
-def task_key(cfg: TrainConfig) -> str:
-    """How a task is named in multi-task metrics and checkpoint folders: Art_to_Clipart."""
-    return f"{cfg.src}_to_{cfg.tgt}"
+from vlpuda.trainables.student import Student, visual_tower
+from vlpuda.trainables.views import cached_train_input, model_input, train_views
 
 
 class TaskRun:
@@ -238,19 +88,7 @@ class TaskRun:
         zs_scale = cfg.zs_scale if cfg.zs_scale is not None else assets.logit_scale
         self.student = Student(visual_tower(loaded), prototypes, zs_scale).to(device)
         del loaded  # the text tower is no longer referenced; its memory can go
-        head_lr = cfg.lr * cfg.lr_multiplier
-        self.optimizer = torch.optim.SGD(
-            [
-                {"params": list(self.student.visual.parameters()), "lr": cfg.lr,
-                 "lr_base": cfg.lr},
-                {"params": [p for p in self.student.head.parameters() if p.requires_grad],
-                 "lr": head_lr, "lr_base": head_lr},
-            ],
-            momentum=cfg.momentum,
-            weight_decay=cfg.weight_decay,  # pulls towards 0, not towards w0, as in the paper
-            nesterov=True,
-            fused=device.type == "cuda",  # one kernel for all parameters instead of one each
-        )
+        self.optimizer = sgd_optimizer(self.student, cfg, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "amp_fp16")
         self.autocast = autocast_for(cfg, device)
         # channels_last lets cuDNN pick its fastest convolution kernels; ViTs gain nothing.
@@ -293,11 +131,12 @@ class TaskRun:
         self.best_value, self.selected_acc = -math.inf, None
         # The frozen zero-shot predictions, before any training (and before a resumed delta is
         # applied): proxy_zs_agreement compares every epoch's task head with them.
-        self.zero_shot = domain_logits(self.student, assets.target, self._forward())[1].argmax(1)
+        self.zero_shot = domain_logits(self.student, assets.target,
+                                       self.eval_forward())[1].argmax(1)
         self.scratch = Path(tempfile.mkdtemp(prefix="vlpuda-run-"))
         self.best_delta: Path | None = None  # a copy of the best epoch's delta, kept on rank 0
         if resume_from is not None:
-            self.load_checkpoint(Path(resume_from))
+            load_checkpoint(self, Path(resume_from))
 
     # ---- one epoch of training ---------------------------------------------------------------
     def _images(self, domain: DecodedDomain, index: np.ndarray) -> torch.Tensor:
@@ -396,26 +235,15 @@ class TaskRun:
             metrics["peak_gpu_memory_gib"] = torch.cuda.max_memory_reserved(self.device) / 2**30
         return metrics
 
-    # ---- evaluation and checkpoints ----------------------------------------------------------
-    def _forward(self) -> Forward:
+    # ---- evaluation ---------------------------------------------------------------------
+    def eval_forward(self) -> Forward:
         return Forward(self.assets.mean, self.assets.std, self.device, self.cfg.eval_batch_size,
                        self.autocast, self._layout)
 
-    def _scores(self, fwd: Forward) -> dict[str, Any]:
-        """Every target metric of the model as it is now (validators, accuracies where labels
-        exist, the labelled target holdout and the held-out source slice)."""
-        assets = self.assets
-        scores = score_target(self.student, assets.target, fwd, self.zero_shot)
-        if assets.target_holdout is not None:
-            scores["target_acc_holdout"] = labelled_accuracy(self.student, assets.target_holdout,
-                                                             fwd)
-        if len(self.src_holdout):
-            scores["proxy_source_acc"] = labelled_accuracy(self.student, assets.source, fwd,
-                                                           self.src_holdout)
-        return scores
-
     def evaluate(self) -> dict[str, Any]:
-        scores, assets = self._scores(self._forward()), self.assets
+        assets = self.assets
+        scores = target_scores(self.student, assets, self.eval_forward(), self.zero_shot,
+                               self.src_holdout)
         # The selection metric picks the epoch whose delta is kept; ties keep the earlier one.
         selection = self.cfg.selection_effective
         value = scores["target_acc_last" if selection == ORACLE else selection]
@@ -442,108 +270,10 @@ class TaskRun:
             "lr": self.optimizer.param_groups[0]["lr"],
         }
 
-    def save_checkpoint(self, directory: Path) -> int:
-        """Delta (+ the best epoch's delta if that was earlier) and training state; rank 0 only.
-        Returns the delta's size in bytes."""
-        directory.mkdir(parents=True, exist_ok=True)
-        delta_path = directory / DELTA_FILE
-        delta_bytes = save_delta(
-            delta_path, self.sparsity.named_pairs(), self.student.head.state_dict(),
-            delta_metadata(self.cfg, self.assets, self.epoch, self.base_fingerprint),
-        )
-        if self.is_best:
-            self.best_delta = self.scratch / "best.safetensors"
-            shutil.copy(delta_path, self.best_delta)
-        elif self.best_delta is not None:
-            shutil.copy(self.best_delta, directory / BEST_DELTA_FILE)
-        state = {
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "src_sampler": self.src_sampler.state_dict(),
-            "tgt_sampler": self.tgt_sampler.state_dict(),
-            "rng": rng_state(self.generator),
-            "iteration": self.iteration,
-            "epoch": self.epoch,
-            "best_acc": self.best_acc,
-            "best_epoch": self.best_epoch,
-            "best_value": self.best_value,
-            "selected_acc": -1.0 if self.selected_acc is None else self.selected_acc,
-        }
-        torch.save(state, directory / STATE_FILE)
-        return delta_bytes
-
-    def load_checkpoint(self, directory: Path) -> None:
-        restart = f"remove {directory} (vlpuda train: --overwrite) to start this run over"
-        state = load_state_file(directory / STATE_FILE, restart)
-        delta = load_delta(directory / DELTA_FILE)
-        apply_delta_(self.student.visual, delta, self.base_fingerprint)
-        try:
-            self.student.head.load_state_dict(delta.head_state)
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scaler.load_state_dict(state["scaler"])
-            self.src_sampler.load_state_dict(state["src_sampler"])
-            self.tgt_sampler.load_state_dict(state["tgt_sampler"])
-            set_rng_state(self.generator, state["rng"])
-            self.iteration, self.epoch = int(state["iteration"]), int(state["epoch"])
-            self.best_acc, self.best_epoch = float(state["best_acc"]), int(state["best_epoch"])
-            self.best_value = float(state.get("best_value", self.best_acc))
-            selected = float(state.get("selected_acc", self.best_acc))
-        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as err:
-            raise StateFileError(f"{directory / STATE_FILE} is not the training state of this "
-                                 f"run ({type(err).__name__}: {err}); {restart}") from None
-        self.selected_acc = None if selected < 0 else selected
-        kept = directory / BEST_DELTA_FILE
-        self.best_delta = self.scratch / "best.safetensors"
-        shutil.copy(kept if kept.exists() else directory / DELTA_FILE, self.best_delta)
-
-    def sparsity_ladder(self, steps: int, directory: Path) -> tuple[list[dict], float]:
-        """The best epoch's delta cut to 1/2 .. 1/2^steps of its changed weights, each cut
-        scored on the target and written to `directory` (trainables/ladder.py). Rank 0 only."""
-        def score() -> dict[str, Any]:
-            scores = self._scores(dataclasses.replace(self._forward(), sharded=False))
-            selection = self.cfg.selection_effective
-            if selection != ORACLE:  # the cut's value of the search's objective, under its key
-                scores[selected_key(selection)] = scores[selection]
-            return scores
-
-        def save(path: Path) -> None:
-            save_delta(path, self.sparsity.named_pairs(), self.student.head.state_dict(),
-                       delta_metadata(self.cfg, self.assets, self.best_epoch,
-                                      self.base_fingerprint))
-
-        return score_ladder(self.sparsity, self.student.head, self.student.visual,
-                            self.best_delta or directory / DELTA_FILE, steps, score, save,
-                            directory)
-
     def close(self) -> None:
         if self.strong is not None:
             self.strong.close()
         shutil.rmtree(self.scratch, ignore_errors=True)
-
-
-def aggregate(per_task: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """A multi-task trial's objectives: mean accuracies and proxies, summed storage; plus every
-    task's own metrics under '<task>/<name>'. One task: its metrics unchanged."""
-    if len(per_task) == 1:
-        return dict(next(iter(per_task.values())))
-    runs = list(per_task.values())
-    combined: dict[str, Any] = {}
-    # A metric some task lacks (label metrics of an unlabeled target) has no aggregate: a mean
-    # over the other tasks would pass for all of them.
-    for name in [n for n in runs[0] if all(n in run for run in runs)]:
-        values = [run[name] for run in runs]
-        if name in ("stored_params", "changed_params", "delta_bytes", LADDER_SECONDS) \
-                or name.endswith(("/stored_params", "/changed_params")):  # ladder points
-            combined[name] = sum(values)
-        elif name == "peak_gpu_memory_gib":  # one process trains every task: its peak
-            combined[name] = max(values)
-        elif name in ("epoch", "iteration"):
-            combined[name] = values[0]
-        elif name != "best_epoch":
-            combined[name] = sum(values) / len(values)
-    for key, run in per_task.items():
-        combined.update({f"{key}/{name}": value for name, value in run.items()})
-    return combined
 
 
 def train(
@@ -589,10 +319,10 @@ def train(
             if first.rank == 0:
                 checkpoint_dir = scratch / f"epoch_{first.epoch}"
                 for key, run in runs.items():
-                    per_task[key]["delta_bytes"] = run.save_checkpoint(folder(checkpoint_dir, run.cfg))
+                    task_dir = folder(checkpoint_dir, run.cfg)
+                    per_task[key]["delta_bytes"] = save_checkpoint(run, task_dir)
                     if ladder and run.epoch >= run.cfg.epochs:
-                        points, seconds = run.sparsity_ladder(ladder,
-                                                              folder(checkpoint_dir, run.cfg))
+                        points, seconds = sparsity_ladder(run, ladder, task_dir)
                         per_task[key].update({**ladder_metrics(points), LADDER_SECONDS: seconds})
             else:
                 for values in per_task.values():
@@ -609,29 +339,3 @@ def train(
         for run in runs.values():
             run.close()
     return metrics
-
-
-def evaluate_delta(cfg: TrainConfig, delta: DeltaArtifact, device: torch.device | None = None,
-                   allow_other_base: bool = False) -> dict[str, Any]:
-    """Score a delta artifact: fresh base model + stored visual values + stored head."""
-    device = device or pick_device(cfg)
-    loaded = load_clip(cfg.model, cfg.pretrained, cfg.cache_dir)
-    assert cfg.tgt is not None
-    if cfg.unlabeled_target:  # scored by the validators only, in the delta's class order
-        target = load_unlabeled_target(cfg, delta.classes)
-    else:
-        target = align_target(cfg.pda, "the delta", delta.classes, load_domain(cfg, cfg.tgt))
-    prototypes = text_prototypes(loaded, delta.classes, cfg.prompt_template)
-    zs_scale = cfg.zs_scale if cfg.zs_scale is not None else loaded.logit_scale
-    student = Student(visual_tower(loaded), prototypes, zs_scale)
-    reference = ResidualSparsity(student.visual)  # w0, to count what the delta changed
-    fwd = Forward(loaded.mean, loaded.std, torch.device("cpu"), cfg.eval_batch_size,
-                  nullcontext())
-    zero_shot = domain_logits(student, target, fwd)[1].argmax(1)  # the frozen zero-shot head
-    apply_delta_(student.visual, delta, allow_other_base=allow_other_base)
-    changed = reference.changed()  # before the move: w0 stays where the model was built
-    student.head.load_state_dict(delta.head_state)
-    student.to(device)
-    scores = evaluate(student, target, loaded.mean, loaded.std, device, cfg.eval_batch_size,
-                      autocast_for(cfg, device), zero_shot=zero_shot)
-    return {**scores, "stored_params": stored_params(changed, student.head)}

@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from vlpuda.errors import DataError
-from vlpuda.trainables.data import DecodedDomain, check_same_classes, decoded_from_arrays
+from vlpuda.trainables.decoded import DecodedDomain, decoded_from_arrays
+from vlpuda.trainables.lists import check_same_classes
 
 
 def check_partial_classes(src_name: str, src_classes: list[str], tgt_name: str,

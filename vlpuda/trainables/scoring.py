@@ -17,8 +17,9 @@ import torch
 import torch.distributed as dist
 
 from vlpuda.trainables import validators as v
-from vlpuda.trainables.data import DecodedDomain, model_input
+from vlpuda.trainables.decoded import DecodedDomain
 from vlpuda.trainables.metrics import class_mean_accuracy, per_class_counts
+from vlpuda.trainables.views import model_input
 
 # N-dependent validators (SND, BNM) run on at most this many target images, one fixed sample.
 VALIDATOR_SAMPLE = 10_000

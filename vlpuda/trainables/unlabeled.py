@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from vlpuda.errors import DataError
-from vlpuda.trainables.data import IMG_EXTENSIONS, Sample
+from vlpuda.trainables.lists import IMG_EXTENSIONS, Sample
 
 UNLABELED = -1
 
