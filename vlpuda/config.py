@@ -45,6 +45,9 @@ class TrainConfig(BaseModel):
     hflip: bool = True
     image_cache_dir: str | None = None  # decoded-image cache; default: the vlpuda cache dir
     pda: bool = False  # partial-set: the target's classes are a subset of the source's (by name)
+    # pda: from epoch 2 the Gini terms see only classes predicted this often on the target (the
+    # reference's 14, set for Office-Home's ~4k-image targets; docs/method.md, partial-set)
+    pda_min_predictions: int = Field(14, ge=1)
     # UDA without target labels: tgt is a folder of images (any depth) or a path-only image list;
     # classes come from the source (or `classes:`). Label metrics are then absent.
     unlabeled_target: bool = False

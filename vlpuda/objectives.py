@@ -43,6 +43,7 @@ RESULT_METRICS = frozenset({
     "delta_bytes", "changed_params", "changed_fraction", "best_epoch", "epoch", "loss", "lr",
     "seconds_per_iteration", "peak_gpu_memory_gib", "target_acc_selected", "target_acc_holdout",
     "target_acc_holdout_best", "target_acc_class_mean_best", "eval_seconds", "mixval_cost_ratio",
+    "pda_label_set",
 })
 PROXY_PREFIX = "proxy_"
 # The step of each metric; Tune's own counter is the fallback for results without it.

@@ -84,11 +84,14 @@ def test_pda_train_and_evaluate_by_class_mean(pda_task, tmp_path, capsys) -> Non
     _, data, model = pda_task
     overrides = {**tiny_train_overrides(data, model, tmp_path / "run"), "tgt": "Clipart_2",
                  "selection": "target_acc_class_mean", "epochs": 3, "fixmatch": True,
-                 "fixmatch_threshold": 0.3}
+                 "fixmatch_threshold": 0.3, "pda_min_predictions": 5}
     argv = ["train", "--pda"] + [f"{k}={v}" for k, v in overrides.items() if v is not None]
     assert main(argv + ["pretrained=null"]) == 0
     lines = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in lines] == [1, 2, 3]
+    # The label set each epoch's evaluation picks for the next: at least one class, at most
+    # the source's 4 (20 target images, a class needs 5 predictions).
+    assert all(1 <= m["pda_label_set"] <= 4 for m in lines)
     # target_acc is the best class-mean accuracy so far, and best_epoch the epoch it came from.
     for i, m in enumerate(lines):
         best = max(lines[: i + 1], key=lambda x: x["target_acc_class_mean"])

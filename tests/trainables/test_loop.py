@@ -42,6 +42,8 @@ def crash_after_first_epoch(reporter: LocalReporter):
     {"rst": True, "rst_threshold": 1e-4},
     {"rst": True, "rst_mode": "ratio", "rst_ratio": 0.05, "fixmatch": True,
      "fixmatch_threshold": 0.3},
+    # partial-set: the resumed run must rebuild the label set the interrupted one would use
+    {"pda": True, "pda_min_predictions": 3, "fixmatch": True, "fixmatch_threshold": 0.3},
 ])
 def test_resume_reproduces_uninterrupted_run(tiny_task, tmp_path, extra):
     _, data, model = tiny_task

@@ -13,8 +13,10 @@ from vlpuda.trainables.losses import (
     batch_gini,
     cmkd_terms,
     fixmatch_term,
+    partial_set_loss,
     ramp,
 )
+from vlpuda.trainables.partial import label_set
 
 
 def logits_of(*rows: list[float]) -> torch.Tensor:
@@ -121,3 +123,60 @@ def test_fixmatch_masks_unconfident_samples_but_counts_them():
     # samples 0 and 2 pass; pseudo-labels 0 and 1; mean over all three samples
     assert value == pytest.approx((-math.log(0.7) - math.log(0.8)) / 3)
     assert fixmatch_term(weak, strong, threshold=0.999).item() == 0.0
+
+
+# ---- partial-set adaptation (pda): the label set, restricted terms, the reference's weights ----
+
+
+def test_label_set_keeps_classes_predicted_often_enough():
+    predictions = torch.tensor([0, 2, 2, 2, 3, 3, 0, 2])
+    assert label_set(predictions, 4, min_hits=2).tolist() == [0, 2, 3]
+    assert label_set(predictions, 4, min_hits=3).tolist() == [2]
+    assert label_set(predictions, 4, min_hits=5) is None  # no class: every class counts
+
+
+def test_batch_gini_over_a_label_set_is_not_renormalised():
+    probs = torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8]], dtype=torch.float64)
+    columns = torch.tensor([0, 2])
+    # S over the kept columns = (0.6, 1.0); row 0: 1 - (0.25/0.6 + 0.04/1.0);
+    # row 1: 1 - (0.01/0.6 + 0.64/1.0); the 0.3 and 0.1 mass outside S is simply dropped
+    expected = (1 - (0.25 / 0.6 + 0.04)) + (1 - (0.01 / 0.6 + 0.64))
+    assert batch_gini(probs, 1.0, columns).item() == pytest.approx(expected)
+    weights = torch.tensor([2.0, 0.5], dtype=torch.float64)
+    assert batch_gini(probs, weights, columns).item() == pytest.approx(
+        2 * (1 - (0.25 / 0.6 + 0.04)) + 0.5 * (1 - (0.01 / 0.6 + 0.64)))
+
+
+def test_cmkd_terms_restrict_every_gini_term_to_the_label_set():
+    example, weights = cmkd_example(), LossWeights()
+    columns = torch.tensor([1])
+    full = cmkd_terms(*example, ramp_weight=0.4, weights=weights)
+    kept = cmkd_terms(*example, ramp_weight=0.4, weights=weights, columns=columns)
+    assert kept["cls"] == full["cls"] and kept["reg_ce"] == full["reg_ce"]  # source: untouched
+    _, _, _, tgt_task, tgt_clip = example
+    p_h, p_g = tgt_task.float().softmax(1), tgt_clip.float().softmax(1)  # as cmkd_terms computes
+    alpha = agreement_weight(tgt_task, tgt_clip)
+    scale = weights.lambda1 * 0.4
+    torch.testing.assert_close(kept["task"], scale * batch_gini(p_h[:, 1:], alpha))
+    torch.testing.assert_close(kept["distill"],
+                               scale * batch_gini(0.5 * (p_h + p_g)[:, 1:], 1 - alpha))
+    torch.testing.assert_close(kept["reg_gini"], weights.lambda3 * 0.4 * batch_gini(p_g[:, 1:]))
+
+
+def test_fixmatch_pseudo_labels_ignore_classes_outside_the_label_set():
+    weak = logits_of([0.96, 0.04, 0.0 + 1e-12], [0.1, 0.5, 0.4])
+    strong = logits_of([0.2, 0.7, 0.1], [0.3, 0.3, 0.4])
+    columns = torch.tensor([1, 2])
+    # Row 0: zeroing class 0 leaves q max 0.04: masked. Row 1: q = (0, 0.5, 0.4), label 1 with
+    # confidence 0.5, not renormalised over the set (0.56): a 0.52 threshold masks it.
+    value = fixmatch_term(weak, strong, threshold=0.45, columns=columns).item()
+    assert value == pytest.approx(-math.log(0.3) / 2)
+    assert fixmatch_term(weak, strong, threshold=0.52, columns=columns).item() == 0.0
+    assert fixmatch_term(weak, strong, threshold=0.95).item() == pytest.approx(-math.log(0.2) / 2)
+
+
+def test_partial_set_loss_weighs_source_half_and_transfer_a_tenth():
+    terms = {"cls": torch.tensor(2.0), "task": torch.tensor(1.0), "distill": torch.tensor(3.0),
+             "reg_ce": torch.tensor(0.5), "reg_gini": torch.tensor(0.25)}
+    assert partial_set_loss(terms).item() == pytest.approx(0.5 * 2 + 0.1 * 4.75)
+    assert partial_set_loss(terms, torch.tensor(1.25)).item() == pytest.approx(0.5 * 2 + 0.1 * 6)

@@ -5,23 +5,8 @@ and report. The same function runs in a plain process (`vlpuda train`) and as a 
 (`trial.py`); the only difference is the Reporter it is given and whether torch.distributed is up.
 What each step calls lives beside it: optimizer.py, evaluation.py, checkpoint.py, reporting.py.
 
-Metrics (a contract across Tune, Optuna, MLflow and the CLI; accuracies in percent):
-  target_acc       best target accuracy so far: the paper's oracle selection (uses target labels);
-                   the accuracy `selection` names: overall (target_acc) or class mean
-                   (target_acc_class_mean, VisDA's), and best_epoch is the epoch it picked
-  target_acc_last  target accuracy of the current (last) iterate
-  target_acc_class_mean  mean of the per-class accuracies of the current iterate, over the
-                   classes the target holds (metrics.py)
-  target_acc_clip  the zero-shot CLIP head on the current encoder
-  target_acc_selected  target accuracy of the epoch `selection` keeps (best_epoch)
-  target_acc_holdout   accuracy on target_holdout_list (measurement only, never trained on)
-  proxy_*          label-free validators on the target, higher is better (scoring.py,
-                   docs/validators.md); proxy_clip_agreement compares with the drifting CLIP head
-  <selection>_best the kept epoch's value of the selection metric (target_acc for the oracle)
-  (every target_acc* but target_acc_holdout is absent, not zero, for an unlabeled target)
-  stored_params    nnz(w - w0) over the visual tower + head parameters (the paper's DSP)
-  delta_bytes      size of the delta artifact on disk
-  train_started_at wall-clock time (s since the epoch) of this process's first training step
+Metrics: the keys a run reports are a contract across Tune, Optuna, MLflow and the CLI; their
+names live in vlpuda/objectives.py (RESULT_METRICS) and their meaning in docs/metrics.md.
 """
 
 from __future__ import annotations
@@ -48,9 +33,10 @@ from vlpuda.trainables.device import autocast_for, pick_device
 from vlpuda.trainables.evaluation import sparsity_ladder, target_scores
 from vlpuda.trainables.fingerprint import weights_fingerprint
 from vlpuda.trainables.ladder import LADDER_SECONDS, LADDER_SHARE, ladder_metrics
-from vlpuda.trainables.losses import LossWeights, cmkd_terms, fixmatch_term, ramp
+from vlpuda.trainables.losses import LossWeights, cmkd_terms, fixmatch_term, partial_set_loss, ramp
 from vlpuda.trainables.models import load_clip
 from vlpuda.trainables.optimizer import inverse_decay, sgd_optimizer
+from vlpuda.trainables.partial import label_set
 from vlpuda.trainables.reporting import LocalReporter, Reporter, aggregate, task_key
 from vlpuda.trainables.resized_crop import resized_crop_views
 from vlpuda.trainables.rst import ResidualSparsity, stored_params
@@ -133,10 +119,14 @@ class TaskRun:
         # applied): proxy_zs_agreement compares every epoch's task head with them.
         self.zero_shot = domain_logits(self.student, assets.target,
                                        self.eval_forward())[1].argmax(1)
+        # pda: the classes the Gini terms see, from the second epoch on (None: all of them).
+        self.label_set: torch.Tensor | None = None
         self.scratch = Path(tempfile.mkdtemp(prefix="vlpuda-run-"))
         self.best_delta: Path | None = None  # a copy of the best epoch's delta, kept on rank 0
         if resume_from is not None:
             load_checkpoint(self, Path(resume_from))
+            if cfg.pda and self.epoch:  # the label set the interrupted run would use next
+                self._update_label_set()
 
     # ---- one epoch of training ---------------------------------------------------------------
     def _images(self, domain: DecodedDomain, index: np.ndarray) -> torch.Tensor:
@@ -180,15 +170,19 @@ class TaskRun:
                                    label_smoothing=cfg.label_smoothing)
         tgt_task, tgt_clip = outputs[1]
         r = ramp(self.iteration, cfg.ramp_horizon, cfg.ramp_gamma)
-        terms = cmkd_terms(src_task, src_clip, src_labels, tgt_task, tgt_clip, r, self.weights)
-        loss = sum(terms.values())
+        columns = self.label_set
+        terms = cmkd_terms(src_task, src_clip, src_labels, tgt_task, tgt_clip, r, self.weights,
+                           columns)
+        fixmatch = 0.0
         if cfg.fixmatch:  # pseudo-labels from the weak view, applied to the strong view
             strong_task, strong_clip = outputs[2]
-            loss = loss + cfg.fixmatch_factor * (
-                fixmatch_term(tgt_task, strong_task, cfg.fixmatch_threshold)
-                + fixmatch_term(tgt_clip, strong_clip, cfg.fixmatch_threshold)
+            fixmatch = cfg.fixmatch_factor * (
+                fixmatch_term(tgt_task, strong_task, cfg.fixmatch_threshold, columns)
+                + fixmatch_term(tgt_clip, strong_clip, cfg.fixmatch_threshold, columns)
             )
-        return loss
+        if cfg.pda:  # the reference's partial-set weights (losses.partial_set_loss)
+            return partial_set_loss(terms, fixmatch)
+        return sum(terms.values()) + fixmatch
 
     def train_epoch(self) -> dict[str, float]:
         cfg, assets = self.cfg, self.assets
@@ -240,10 +234,21 @@ class TaskRun:
         return Forward(self.assets.mean, self.assets.std, self.device, self.cfg.eval_batch_size,
                        self.autocast, self._layout)
 
+    def _update_label_set(self) -> None:
+        """pda: the next epoch's label set, from the task head's target predictions now (the
+        reference predicts the target at the start of each epoch from the second on)."""
+        task, _ = domain_logits(self.student, self.assets.target, self.eval_forward())
+        found = label_set(task.argmax(dim=1), task.shape[1], self.cfg.pda_min_predictions)
+        self.label_set = None if found is None else found.to(self.device)
+
     def evaluate(self) -> dict[str, Any]:
         assets = self.assets
         scores = target_scores(self.student, assets, self.eval_forward(), self.zero_shot,
                                self.src_holdout)
+        if self.cfg.pda:
+            self._update_label_set()
+            scores["pda_label_set"] = (len(self.label_set) if self.label_set is not None
+                                       else len(assets.classes))
         # The selection metric picks the epoch whose delta is kept; ties keep the earlier one.
         selection = self.cfg.selection_effective
         value = scores["target_acc_last" if selection == ORACLE else selection]

@@ -24,13 +24,18 @@ def ramp(iteration: int, horizon: int, gamma: float = 1.0) -> float:
     return 2.0 / (1.0 + math.exp(-gamma * progress)) - 1.0
 
 
-def batch_gini(probs: torch.Tensor, weights: torch.Tensor | float = 1.0) -> torch.Tensor:
+def batch_gini(probs: torch.Tensor, weights: torch.Tensor | float = 1.0,
+               columns: torch.Tensor | None = None) -> torch.Tensor:
     """Class-mass-normalised Gini impurity, summed (not averaged) over the batch.
 
     BGI(P; w) = sum_i w_i * (1 - sum_c P_ic^2 / S_c) with S_c = sg(sum_j P_jc). Dividing by the
     detached batch mass of each class penalises piling many samples onto one class; the sum over
     the batch makes the term grow with the batch size, as in the reference code (method.md 3.2).
+    `columns`: only these classes count (partial-set adaptation's label set); the probabilities
+    are not renormalised over them, as in the reference.
     """
+    if columns is not None:
+        probs = probs[:, columns]
     class_mass = probs.sum(dim=0).detach().clamp_min(1e-12)
     per_sample = 1.0 - (probs.pow(2) / class_mass).sum(dim=1)
     return (weights * per_sample).sum()
@@ -67,6 +72,7 @@ def cmkd_terms(
     tgt_clip: torch.Tensor,
     ramp_weight: float,
     weights: LossWeights,
+    columns: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Every CMKD term of one iteration (method.md 3.1-3.7); their sum is the loss.
 
@@ -75,6 +81,7 @@ def cmkd_terms(
     - distill: lambda1 * r * BGI((p_h + sg p_g) / 2; 1 - alpha); gradients only through p_h.
     - reg_ce: lambda2 * CE(g, source), not ramped, no smoothing: keeps the CLIP head meaningful.
     - reg_gini: lambda3 * r * BGI(p_g on target; 1), trains the encoder through the CLIP head.
+    `columns`: the classes every BGI term sees (partial-set adaptation; None: all).
     """
     p_h = F.softmax(tgt_task.float(), dim=1)
     p_g = F.softmax(tgt_clip.float(), dim=1)
@@ -85,22 +92,40 @@ def cmkd_terms(
         "cls": F.cross_entropy(
             src_task.float(), src_labels, label_smoothing=weights.label_smoothing
         ),
-        "task": scale * batch_gini(p_h, alpha),
-        "distill": scale * batch_gini(mixed, 1.0 - alpha),
+        "task": scale * batch_gini(p_h, alpha, columns),
+        "distill": scale * batch_gini(mixed, 1.0 - alpha, columns),
         "reg_ce": weights.lambda2 * F.cross_entropy(src_clip.float(), src_labels),
-        "reg_gini": weights.lambda3 * ramp_weight * batch_gini(p_g),
+        "reg_gini": weights.lambda3 * ramp_weight * batch_gini(p_g, 1.0, columns),
     }
 
 
 def fixmatch_term(
-    weak_logits: torch.Tensor, strong_logits: torch.Tensor, threshold: float
+    weak_logits: torch.Tensor, strong_logits: torch.Tensor, threshold: float,
+    columns: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """mean_i 1[max q_i >= threshold] * CE(strong_i, argmax q_i), q = softmax(weak), detached.
 
     The mean runs over the whole batch: masked samples count in the denominator (method.md 5).
+    `columns` (partial-set adaptation): q is zeroed outside these classes, not renormalised.
     """
     with torch.no_grad():
-        confidence, pseudo_labels = F.softmax(weak_logits.float(), dim=1).max(dim=1)
+        q = F.softmax(weak_logits.float(), dim=1)
+        if columns is not None:
+            keep = torch.zeros(q.shape[1], dtype=q.dtype, device=q.device)
+            q = q * keep.index_fill_(0, columns, 1.0)
+        confidence, pseudo_labels = q.max(dim=1)
         mask = (confidence >= threshold).float()
     per_sample = F.cross_entropy(strong_logits.float(), pseudo_labels, reduction="none")
     return (mask * per_sample).mean()
+
+
+# Partial-set adaptation (the reference's `--pda`): the source CE counts half and everything
+# else ("transfer": the CMKD target terms, the CLIP-head regulariser and FixMatch) a tenth.
+PDA_CLS_WEIGHT, PDA_TRANSFER_WEIGHT = 0.5, 0.1
+
+
+def partial_set_loss(terms: dict[str, torch.Tensor], fixmatch: torch.Tensor | float = 0.0
+                     ) -> torch.Tensor:
+    """0.5 * L_cls + 0.1 * (every other term): the reference's loss under `--pda`."""
+    transfer = sum(value for name, value in terms.items() if name != "cls") + fixmatch
+    return PDA_CLS_WEIGHT * terms["cls"] + PDA_TRANSFER_WEIGHT * transfer

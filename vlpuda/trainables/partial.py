@@ -10,6 +10,7 @@ run over the target's images (the class mean over the classes it holds, metrics.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from vlpuda.errors import DataError
 from vlpuda.trainables.decoded import DecodedDomain, decoded_from_arrays
@@ -49,3 +50,14 @@ def align_target(pda: bool, src_name: str, src_classes: list[str],
         return target
     check_partial_classes(src_name, src_classes, target.name, target.classes)
     return to_source_labels(target, list(src_classes))
+
+
+def label_set(predictions: torch.Tensor, num_classes: int, min_hits: int) -> torch.Tensor | None:
+    """The classes the task head predicts at least `min_hits` times on the target: the only
+    columns the Gini terms see in the next epoch (the reference's label set, recomputed each
+    epoch from the second on). None (all classes) when no class gets there, which only a target
+    smaller than `min_hits` images per class can cause: the reference would then train on a
+    constant."""
+    hits = torch.bincount(predictions.flatten().long(), minlength=num_classes)
+    kept = torch.nonzero(hits >= min_hits).flatten()
+    return kept if len(kept) else None
