@@ -57,8 +57,8 @@ class ParetoOptunaSearch(OptunaSearch):
     def __init__(self, space, *, full_epochs: int, experiment: str,
                  stored_params_budget: int | None = None,
                  metrics: tuple[str, ...] = METRICS, **kwargs: Any) -> None:
+        self._metrics = tuple(metrics)  # before OptunaSearch sets the study up (_setup_study)
         super().__init__(space, metric=list(metrics), mode=list(MODES), **kwargs)
-        self._metrics = tuple(metrics)
         self._full_epochs = full_epochs
         self._experiment = experiment
         self._budget = stored_params_budget
