@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/data_pipeline.py                 # ~1-2 min on 2 cores
     .venv/bin/python benchmarks/data_pipeline.py --torch-threads 1 --rounds 5
 
-Both pipelines make the paper's training batch (method.md section 6) on the same cores:
+Both pipelines make the paper's training batch (docs/method.md#data-and-views) on the same cores:
   baseline  torchvision ImageFolder + Resize((256, 256)), RandomCrop(224), RandomHorizontalFlip,
             ToTensor, Normalize(CLIP mean/std), through DataLoader(num_workers=2, batch 32,
             shuffle, drop_last): every image is opened and decoded each time it is drawn,
@@ -45,7 +45,7 @@ from vlpuda.trainables.lists import list_imagefolder
 from vlpuda.trainables.sampler import InfiniteSampler
 from vlpuda.trainables.views import cached_train_input, model_input, train_views
 
-# CLIP's normalisation (method.md section 6).
+# CLIP's normalisation (docs/method.md#normalisation).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 TRAIN_RESIZE, CROP = 256, 224

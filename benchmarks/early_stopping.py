@@ -15,12 +15,12 @@ The real search machinery runs; only training is replaced:
              result per trial-epoch in simulated time order (running Tune for 6 x 5 x 64 trials
              would take hours here and add nothing to the decisions).
 The surrogate extends benchmarks/sampler_efficiency.py's (final values unchanged) with learning
-curves (research/moasha.md section 5.1): accuracy rises to its final value along a config-dependent
-curve, sparse configs later (kappa); stored parameters grow with the epochs in threshold mode and
-are fixed in ratio mode; noise per epoch. The ladder's cut to a fraction f of a delta's changed
-weights is modelled as the surrogate's accuracy for that many changed weights (the paper's RST
-sweep) less CUT_PENALTY points per halving, since a cut is not retrained (an assumption, stated in
-benchmarks/README.md); each cut costs LADDER_EVAL_EPOCHS of compute.
+curves (docs/search.md#evaluating-early-stopping): accuracy rises to its final value along a
+config-dependent curve, sparse configs later (kappa); stored parameters grow with the epochs in
+threshold mode and are fixed in ratio mode; noise per epoch. The ladder's cut to a fraction f of a
+delta's changed weights is modelled as the surrogate's accuracy for that many changed weights (the
+paper's RST sweep) less CUT_PENALTY points per halving, since a cut is not retrained (an
+assumption, stated in benchmarks/README.md); each cut costs LADDER_EVAL_EPOCHS of compute.
 
 Measured per method, against no early stopping without the ladder (same seeds, same trial count):
   hv         hypervolume (target_acc, log10 stored_params; reference zero-shot 82.4, 1.1 x dense)
@@ -68,7 +68,8 @@ from vlpuda.search.study import make_sampler  # noqa: E402
 from vlpuda.spaces import build_space  # noqa: E402
 from vlpuda.trainables.ladder import ladder_metrics  # noqa: E402
 
-GAMMA, K0, KS0, KAPPA_S, SIGMA = 6.0, 8.0, 6.0, 1.0, 0.15  # research/moasha.md 5.1 defaults
+# Defaults of the learning curves (docs/search.md#evaluating-early-stopping).
+GAMMA, K0, KS0, KAPPA_S, SIGMA = 6.0, 8.0, 6.0, 1.0, 0.15
 CUT_PENALTY = 0.2  # points a cut loses per halving for not being retrained (an assumption)
 LADDER_EVAL_EPOCHS = 0.1  # one evaluation of the target, in epochs of training
 REFERENCE = (ZERO_SHOT_ACC, math.log10(1.1 * (N_VISUAL + HEAD)))

@@ -15,10 +15,10 @@ The real search machinery runs unchanged; only the training is replaced:
             directly with the same seed,
   maths     vlpuda.front.pareto.hypervolume_history under one fixed reference point.
 The trainer is replaced by `surrogate`, a cheap deterministic model of ViT-B/16 on Office-Home
-built from the paper's figures (method.md sections 4, 6 and 8). It is not a prediction of real
-accuracies: it only has the shape the search has to find (an lr plateau with a collapse above
-it, a head-lr optimum coupled to lr x multiplier, mild loss-weight optima, and the RST threshold
-trading stored parameters for accuracy).
+built from the paper's figures (docs/method.md#the-papers-reported-results). It is not a
+prediction of real accuracies: it only has the shape the search has to find (an lr plateau with a
+collapse above it, a head-lr optimum coupled to lr x multiplier, mild loss-weight optima, and the
+RST threshold trading stored parameters for accuracy).
 
 Two hypervolumes are printed, both with the reference (zero-shot accuracy 82.4, 1.1 x a dense
 model's stored parameters):
@@ -62,7 +62,7 @@ REPO = Path(__file__).resolve().parents[1]
 METRICS = ["target_acc", "stored_params"]
 MODES = ["max", "min"]
 
-# ---- The surrogate: ViT-B/16, Office-Home averages (method.md sections 4 and 8) ---------------
+# ---- The surrogate: ViT-B/16, Office-Home averages (docs/method.md#the-papers-reported-results)
 
 N_VISUAL = 86_192_640  # CLIP ViT-B/16 visual parameters
 HEAD = 35_328  # Office-Home head: 4d + d*C with d = 512, C = 65
@@ -76,8 +76,9 @@ LR_PLATEAU = (math.log10(3e-7), math.log10(3e-6))
 # (up to 1e-5) holds collapsed trials, as a real search finds them.
 LR_COLLAPSE = math.log10(8e-6)
 HEAD_LR_BEST = math.log10(3e-3)  # both backbones' defaults give a head lr of 3e-3
-# log10(tau / lr) -> fraction of visual weights left changed (Fig. 4 sweep, method.md section 4:
-# 0.033 -> ~20 %, 0.33 -> ~0.1 %, 3.3 -> ~0.05 %, 33 -> about a linear probe), log-interpolated.
+# log10(tau / lr) -> fraction of visual weights left changed (Fig. 4 sweep,
+# docs/method.md#the-papers-reported-results: 0.033 -> ~20 %, 0.33 -> ~0.1 %, 3.3 -> ~0.05 %,
+# 33 -> about a linear probe), log-interpolated.
 THRESHOLD_T = (-2.0, -1.5, -0.48, 0.52, 1.52, 2.0)
 CHANGED_LOG10 = tuple(math.log10(f) for f in (0.5, 0.2, 1e-3, 5e-4, 1e-5, 2e-6))
 # Share of the backbone's accuracy gain kept, at the same sweep points (ViT: 88.4, 87.7, 86.8,

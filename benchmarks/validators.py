@@ -13,7 +13,7 @@ records-<task>.jsonl, once. `analyse` computes every statistic from those record
 
 * Spearman and Kendall (tau-b) of each validator vs true target accuracy over all checkpoints;
 * selection gap: best true accuracy of any checkpoint minus that of the validator's single pick
-  (ties: earliest epoch, then lowest trial; docs/validators.md section 9);
+  (ties: the lowest trial's earliest epoch; docs/validators.md#8-measuring-a-label-free-choice);
 * front ratio: each trial keeps the epoch the validator scores best (as `selection:` does); the
   label-free front is non-dominated in (validator, stored_params); its true-accuracy hypervolume
   over that of the oracle front (each trial's best-accuracy epoch, non-dominated in (accuracy,

@@ -1,8 +1,8 @@
 """Run configuration: YAML presets plus `key=value` overrides, validated into one typed object.
 
 Names here are a contract: the same flat keys appear in presets, search spaces, Tune configs and
-MLflow params (DESIGN.md, Conventions). A bad config fails before anything heavy starts, with one
-ConfigError that lists every problem with its key.
+MLflow params (docs/metrics.md#conventions). A bad config fails before anything heavy starts,
+with one ConfigError that lists every problem with its key.
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ class TrainConfig(BaseModel):
     image_cache_dir: str | None = None  # decoded-image cache; default: the vlpuda cache dir
     pda: bool = False  # partial-set: the target's classes are a subset of the source's (by name)
     # pda: from epoch 2 the Gini terms see only classes predicted this often on the target (the
-    # reference's 14, set for Office-Home's ~4k-image targets; docs/method.md, partial-set)
+    # reference's 14, set for Office-Home's ~4k-image targets;
+    # docs/method.md#d9-partial-set-adaptation)
     pda_min_predictions: int = Field(14, ge=1)
     # UDA without target labels: tgt is a folder of images (any depth) or a path-only image list;
     # classes come from the source (or `classes:`). Label metrics are then absent.
@@ -61,7 +62,7 @@ class TrainConfig(BaseModel):
     cache_dir: str | None = None  # open_clip / Hugging Face cache
     zs_scale: float | None = Field(None, gt=0)  # None: the model's exp(logit_scale), 100 for CLIP
 
-    # optimisation (method.md 6)
+    # optimisation (docs/method.md#optimisation-and-schedule)
     lr: float = Field(3e-6, gt=0)
     lr_multiplier: float = Field(1000.0, gt=0)  # head lr = lr * lr_multiplier
     momentum: float = Field(0.9, ge=0, lt=1)
@@ -79,7 +80,7 @@ class TrainConfig(BaseModel):
     channels_last: bool | None = None  # None: on for ResNet towers on a GPU (faster convolutions)
     compile: bool = False  # torch.compile the training forward (first steps pay the compile)
 
-    # CMKD (method.md 3)
+    # CMKD (docs/method.md#cmkd-terms-and-lambda-weights)
     baseline: bool = False  # source-only fine-tuning: no transfer terms
     lambda1: float = Field(0.25, ge=0)
     lambda2: float = Field(0.1, ge=0)
@@ -88,13 +89,13 @@ class TrainConfig(BaseModel):
     ramp_gamma: float = Field(1.0, gt=0)
     ramp_horizon: int = Field(10_000, gt=0)
 
-    # RST (method.md 4)
+    # RST (docs/method.md#residual-sparse-training-rst)
     rst: bool = False
     rst_mode: Literal["threshold", "ratio"] = "threshold"
     rst_threshold: float = Field(1e-6, ge=0)
     rst_ratio: float = Field(0.003, gt=0, le=1)
 
-    # FixMatch (method.md 5)
+    # FixMatch (docs/method.md#fixmatch-terms)
     fixmatch: bool = False
     fixmatch_threshold: float = Field(0.95, gt=0, lt=1)
     fixmatch_factor: float = Field(0.5, ge=0)

@@ -27,7 +27,7 @@ LABEL_METRICS = ("target_acc", "target_acc_last", "target_acc_clip", "target_acc
 # The label-free objective an unlabeled target is searched by when the preset names none: the
 # best of benchmarks/validators.py on the offline digit tasks (mean selection gap 0.92 points,
 # front hypervolume ratio 1.000; figures in benchmarks/README.md). BNM also scores collapse low,
-# where SND, entropy and MixVal score it best (docs/validators.md).
+# where SND, entropy and MixVal score it best (docs/validators.md#4-bnm-batch-nuclear-norm).
 DEFAULT_LABEL_FREE = "proxy_bnm"
 STORED = "stored_params"
 # The two objectives of a labelled search (the first is `selected_key(objective)` in general):

@@ -45,7 +45,7 @@ EXPECTED: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     ),
 }
 
-# Office-Home ViT-B/16 settings from method.md section 6, as a preset states them.
+# Office-Home ViT-B/16 settings (docs/method.md#per-benchmark-settings), as a preset states them.
 PAPER_DEFAULTS = {
     "lr": 3e-6,
     "lr_multiplier": 1000,

@@ -140,7 +140,8 @@ def test_domainnet_prompts_follow_the_labels(tmp_path) -> None:
                            "pretrained": None, "src": "clipart", "tgt": "real",
                            "train_resize": 16, "image_size": 16, "pad": 0})
     assets = build_task_assets(cfg)
-    # ImageFolder's case-sensitive order, not the reference's lowercase list (method.md 9.1).
+    # ImageFolder's case-sensitive order, not the reference's lowercase list
+    # (docs/method.md#d1-domainnet-class-order).
     order = ["The_Eiffel_Tower", "The_Great_Wall_of_China", "The_Mona_Lisa",
              "aircraft_carrier", "tent", "tiger", "zebra"]
     assert assets.classes == order

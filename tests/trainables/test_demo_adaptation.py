@@ -1,8 +1,9 @@
 """The method works: on the offline demo task (MNIST -> printed digits, a CLIP teacher pre-trained
 on the source), CMKD + RST ends far above source-only training, with a sparse delta.
 
-Both runs are scored on their last iterate (no oracle selection). research/demo_proto.md measured
-92.1 % vs 66.4 % (3 seeds; worst-case gap 20.7 points), so a 10-point margin leaves room for noise.
+Both runs are scored on their last iterate (no oracle selection). The demo's prototype
+(docs/search.md#the-offline-demo) measured 92.1 % vs 66.4 % (3 seeds; worst-case gap 20.7
+points), so a 10-point margin leaves room for noise.
 The teacher is built once and cached (about 2 minutes on 2 cores the first time).
 """
 

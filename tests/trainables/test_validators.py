@@ -33,7 +33,8 @@ def test_entropy_and_im_on_uniform_and_confident_rows():
 def test_collapse_scores_best_for_entropy_worst_for_im():
     collapsed = torch.tensor([[BIG, 0.0], [BIG, 0.0]])
     balanced = torch.tensor([[BIG, 0.0], [0.0, BIG]])
-    # Entropy cannot tell collapse from a good model (docs/validators.md section 2) ...
+    # Entropy cannot tell collapse from a good model
+    # (docs/validators.md#2-entropy-and-information-maximisation) ...
     assert v.neg_entropy(collapsed) == pytest.approx(v.neg_entropy(balanced))
     # ... IM's diversity term scores it worst: 0, its minimum for confident rows.
     assert v.information_maximization(collapsed) == pytest.approx(0.0, abs=1e-12)
@@ -69,7 +70,8 @@ def test_snd_collapse_is_its_maximum_and_blocks_do_not_change_it():
     logits = torch.randn(50, 4, generator=rng) * 3
     whole = v.soft_neighborhood_density(logits, block=1024)
     assert v.soft_neighborhood_density(logits, block=7) == pytest.approx(whole, rel=1e-12)
-    # Collapse scores above any real spread of predictions (docs/validators.md section 3).
+    # Collapse scores above any real spread of predictions
+    # (docs/validators.md#3-snd-soft-neighbourhood-density).
     assert v.soft_neighborhood_density(torch.tensor([[BIG, 0.0]] * 50)) > whole
 
 

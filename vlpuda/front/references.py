@@ -1,4 +1,6 @@
-"""The paper's own results as reference points on a front figure (research/method.md, 8 and 4).
+"""The paper's own results as reference points on a front figure.
+
+See docs/method.md#the-papers-reported-results.
 
 Drawn only for the benchmark and backbone a search actually ran, and expressed in the search's
 objectives: the mean target accuracy over the search's tasks and the stored parameters summed over
@@ -39,8 +41,8 @@ OFFICE_HOME_DOMAINS = {"Art": "Ar", "Clipart": "Cl", "Product": "Pr", "Real_Worl
 OFFICE_HOME_TASKS = ("Ar-Cl", "Ar-Pr", "Ar-Re", "Cl-Ar", "Cl-Pr", "Cl-Re", "Pr-Ar", "Pr-Cl",
                      "Pr-Re", "Re-Ar", "Re-Cl", "Re-Pr")
 
-# method.md 8.1 (the paper's Table I): per-task accuracy in OFFICE_HOME_TASKS order, DSP in
-# millions summed over the 12 tasks.
+# The paper's Table I (docs/method.md#the-papers-reported-results): per-task accuracy in
+# OFFICE_HOME_TASKS order, DSP in millions summed over the 12 tasks.
 OFFICE_HOME_TABLE: dict[str, list[tuple[str, tuple[float, ...], float]]] = {
     "RN50": [
         ("CLIP zero-shot", (51.6, 81.9, 82.6, 71.9, 81.9, 82.6, 71.9, 51.6, 82.6, 71.9, 51.6,
@@ -66,7 +68,8 @@ OFFICE_HOME_TABLE: dict[str, list[tuple[str, tuple[float, ...], float]]] = {
     ],
 }
 
-# method.md section 4 (the paper's Fig. 4): Office-Home means over 12 tasks; DSP in millions.
+# The paper's Fig. 4 (docs/method.md#the-papers-reported-results): Office-Home means over 12
+# tasks; DSP in millions.
 OFFICE_HOME_SWEEP: dict[str, list[tuple[str, float, float]]] = {
     "RN50": [("full FT", 79.3, 460.4), ("tau 1e-7", 79.3, 14.0), ("tau 1e-6", 78.8, 1.23),
              ("tau 1e-5", 77.4, 0.80), ("linear probe", 76.9, 0.80)],
@@ -74,8 +77,10 @@ OFFICE_HOME_SWEEP: dict[str, list[tuple[str, float, float]]] = {
                  ("tau 1e-5", 86.8, 0.43), ("linear probe", 86.5, 0.40)],
 }
 
-# method.md 8.2: benchmark means. (tasks in the paper's sum, {backbone: [(label, acc, DSP M)]}).
-# DomainNet's zero-shot figure (6.6) is a known artefact of the reference code (method.md 9).
+# The paper's benchmark means (docs/method.md#the-papers-reported-results):
+# (tasks in the paper's sum, {backbone: [(label, acc, DSP M)]}).
+# DomainNet's zero-shot figure (6.6) is a known artefact of the reference code
+# (docs/method.md#d1-domainnet-class-order).
 BENCHMARK_MEANS: dict[str, tuple[int, dict[str, list[tuple[str, float, float]]]]] = {
     "office31": (6, {"RN50": [("CLIP zero-shot", 71.6, 0.0), ("CMKD+RST", 90.8, 0.31)],
                      "ViT-B/16": [("CLIP zero-shot", 78.6, 0.0), ("CMKD+RST", 93.2, 0.29)]}),

@@ -42,7 +42,7 @@ LOG_AXIS_METRICS = ("stored_params",)
 
 
 class MOASHAScheduler(FIFOScheduler):
-    """Stopping-type multi-objective ASHA (research/moasha.md section 2.3).
+    """Stopping-type multi-objective ASHA (docs/search.md#early-stopping-moasha).
 
     Args:
         metrics: the search's objectives, first objective first (search.settings.METRICS).

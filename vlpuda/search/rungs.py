@@ -5,7 +5,8 @@ are ordered by non-dominated sorting (front after front) and, within each front,
 (greedy farthest-first traversal on min-max normalised axes, started at the member best in the
 first objective), so a front's extremes come before its crowded middle. The trial continues iff
 it is among the best floor(N / eta) + 1 of the N candidates, i.e. iff position / N <= 1 / eta
-(research/moasha.md section 2.3; the same inequality as single-objective ASHA's quantile cut).
+(docs/search.md#early-stopping-moasha; the same inequality as single-objective ASHA's quantile
+cut).
 
 Every vector here is in minimisation form: `signed_vector` flips maximised objectives and puts
 storage on a log axis, so one trial storing 10x less counts as much at 1e4 as at 1e7 parameters.

@@ -1,7 +1,8 @@
 """OptunaSearch for the accuracy-vs-storage front: samplers by name, pruning of early-stopped
 trials, and a study that stays consistent across crashes.
 
-Three behaviours of Ray's OptunaSearch are corrected here (research/ray_stack.md section 2):
+Three behaviours of Ray's OptunaSearch are corrected here
+(docs/search.md#two-objectives-in-optuna):
 
 * When ASHA or a Stopper ends a trial, Tune reports it as *complete* with its partial values, and
   those cheap trials would land on the front. Here a trial that did not run every epoch, or that

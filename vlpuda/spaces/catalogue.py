@@ -1,4 +1,4 @@
-"""The named search spaces and their default bounds (method.md section 7).
+"""The named search spaces and their default bounds (docs/method.md#search-space-bounds).
 
 Six spaces, one per method variant: RST off / threshold / ratio, each with or without FixMatch.
 Every space searches the CMKD core (learning rates, the three loss weights, label smoothing) and

@@ -7,10 +7,10 @@ Tune configs and MLflow params.
 
 The RST threshold is searched as `rst_threshold_over_lr` (tau / lr), not as tau itself: the SGD
 momentum buffers survive the reset, so tau acts as a threshold on the per-step update, whose size
-scales with the learning rate (method.md section 4, step 4). Searching the ratio keeps the good
-region of tau aligned with whatever lr the sampler picks. The space derives the trainer's plain
-`rst_threshold = rst_threshold_over_lr * lr` itself, so the trainer, MLflow and the front table
-all see the tau that was actually used.
+scales with the learning rate (docs/method.md#reset-after-every-step). Searching the ratio keeps
+the good region of tau aligned with whatever lr the sampler picks. The space derives the trainer's
+plain `rst_threshold = rst_threshold_over_lr * lr` itself, so the trainer, MLflow and the front
+table all see the tau that was actually used.
 """
 
 from __future__ import annotations

@@ -8,10 +8,11 @@ its `vlpuda.search` tag), one child per trial (found by `vlpuda.trial_id`), thei
 changes nothing. The search reads the run dir's manifest and plan (vlpuda.search.tracked) and
 passes the study, the parents' SearchInfo and the planned destination in here.
 
-`vlpuda export`: a child run holds `delta/best_delta.safetensors` (a multi-task trial: one per
-task folder), the delta of the epoch the trial's `selection` metric kept (the search's objective:
-`target_acc`, the oracle, or a label-free validator; docs/method.md). Writing it into the base
-model (`vlpuda evaluate --checkpoint DIR/best_delta.safetensors`) reproduces that epoch's scores.
+`vlpuda export`: a child run holds `delta/best_delta.safetensors` (a multi-task trial: one per task
+folder), the delta of the epoch the trial's `selection` metric kept (the search's objective:
+`target_acc`, the oracle, or a label-free validator;
+docs/method.md#evaluation-and-epoch-selection). Writing it into the base model
+(`vlpuda evaluate --checkpoint DIR/best_delta.safetensors`) reproduces that epoch's scores.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The front on the parent run: table, CSV and figure, hypervolume history, pareto tags.
 
-MLflow has no Pareto view, so the search brings its own (research/anchors.md D3 item 10):
+MLflow has no Pareto view, so the search brings its own (docs/search.md#mlflow-destination):
 
 * `pareto/front.json` (an MLflow table: the UI shows it on the run's artifacts page),
   `pareto/front.csv` and `pareto/front.png` (accuracy against stored parameters, log x axis),

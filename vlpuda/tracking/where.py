@@ -1,9 +1,10 @@
 """Where a search logs: the `tracking:` section, the tracking URI resolved once, and the UI.
 
 MLflow's own default (`sqlite:///mlflow.db`, artifacts in `./mlruns`) is relative to the working
-directory, and a stale `./mlruns` file store makes it fail outright (research/ray_stack.md section
-3). A search therefore always logs to an absolute destination: by default a SQLite database and an
-artifact folder inside its run directory, so `cd` never changes where results go. Any other
+directory, and a stale `./mlruns` file store makes it fail outright
+(docs/search.md#mlflow-destination). A search therefore always logs to an absolute destination:
+by default a SQLite database and an artifact folder inside its run directory, so `cd` never
+changes where results go. Any other
 database URL or an `http(s)://` tracking server may be given instead.
 
 The URI is resolved once, when the search's plan is built (`plan_tracking`: the preset's

@@ -1,8 +1,8 @@
 """Domains decoded once into uint8 arrays, optionally through a disk cache.
 
 A trial never opens image files while it trains. Each domain is decoded once into two uint8
-arrays (the squashed train-size and test-size versions, method.md section 6 and 9.11), which the
-driver puts in Ray's object store so every worker reads them without a copy.
+arrays (the squashed train-size and test-size versions, docs/method.md#decoding-and-resizing),
+which the driver puts in Ray's object store so every worker reads them without a copy.
 """
 
 from __future__ import annotations
@@ -71,7 +71,8 @@ def _decode_file(path: Path, sizes: Sequence[int]) -> list[np.ndarray]:
     try:
         with Image.open(path) as im:
             rgb = im.convert("RGB")  # forces a full decode, so truncated files fail here
-            # Squash to (s, s): the paper's Resize((256, 256)) ignores aspect (method.md 9.11).
+            # Squash to (s, s): the paper's Resize((256, 256)) ignores aspect
+            # (docs/method.md#decoding-and-resizing).
             return [np.asarray(rgb.resize((s, s), Image.Resampling.BILINEAR)) for s in sizes]
     # Pillow signals broken files with several unrelated exception types (OSError, SyntaxError,
     # ValueError, DecompressionBombError); any of them means "this file cannot be used".

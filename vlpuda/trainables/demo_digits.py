@@ -25,7 +25,8 @@ MNIST_SOURCE_SIZE = 2500  # half of MNIST-5k; the other half is held out and fee
 MNIST_M_SIZE = 2000
 PRINTED_PER_CLASS = 200
 
-# The fonts demo_proto.md measured; all ship in matplotlib's mpl-data/fonts/ttf.
+# The 10 fonts the demo's prototype measured (docs/search.md#the-offline-demo); all ship in
+# matplotlib's mpl-data/fonts/ttf.
 PRINTED_FONTS = (
     "DejaVuSans.ttf",
     "DejaVuSans-Bold.ttf",

@@ -1,7 +1,8 @@
 """Listing a domain's images: ImageFolder trees, Office-31/TLlib image lists, class checks.
 
 Listing follows torchvision's `ImageFolder` exactly (class order is label order, and the text
-prompts are built in that order: method.md section 9.1), or reads Office-31/TLlib image lists.
+prompts are built in that order: docs/method.md#prompts-and-class-order), or reads
+Office-31/TLlib image lists.
 
 Lists whose class names come from folders (Office-31 style) are checked label by label: each
 label is named after the folder its images sit in, so every image of one folder must carry the

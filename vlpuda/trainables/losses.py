@@ -1,4 +1,4 @@
-"""CMKD and FixMatch loss terms as pure functions (method.md section 3 and section 5).
+"""CMKD and FixMatch loss terms as pure functions (docs/method.md#losses).
 
 Notation: p_h = softmax of the task head, p_g = softmax of the zero-shot CLIP head (the student's
 own encoder against frozen text prototypes), r = the ramp weight. Every function takes logits or
@@ -18,7 +18,7 @@ def ramp(iteration: int, horizon: int, gamma: float = 1.0) -> float:
     """Sigmoid ramp r(t) = 2 / (1 + exp(-gamma * min(t, H) / H)) - 1.
 
     With the paper's gamma = 1 and H = 10,000 it rises from 0 to 0.4621 and then stays there
-    (method.md 3.3); short runs set H to their own length and may raise gamma.
+    (docs/method.md#ramp); short runs set H to their own length and may raise gamma.
     """
     progress = min(iteration, horizon) / horizon
     return 2.0 / (1.0 + math.exp(-gamma * progress)) - 1.0
@@ -30,7 +30,8 @@ def batch_gini(probs: torch.Tensor, weights: torch.Tensor | float = 1.0,
 
     BGI(P; w) = sum_i w_i * (1 - sum_c P_ic^2 / S_c) with S_c = sg(sum_j P_jc). Dividing by the
     detached batch mass of each class penalises piling many samples onto one class; the sum over
-    the batch makes the term grow with the batch size, as in the reference code (method.md 3.2).
+    the batch makes the term grow with the batch size, as in the reference code
+    (docs/method.md#batch-gini-impurity-bgi).
     `columns`: only these classes count (partial-set adaptation's label set); the probabilities
     are not renormalised over them, as in the reference.
     """
@@ -42,7 +43,7 @@ def batch_gini(probs: torch.Tensor, weights: torch.Tensor | float = 1.0,
 
 
 def agreement_weight(task_logits: torch.Tensor, clip_logits: torch.Tensor) -> torch.Tensor:
-    """alpha_i = exp(-KL(p_g,i || p_h,i)), detached (method.md 3.4).
+    """alpha_i = exp(-KL(p_g,i || p_h,i)), detached (docs/method.md#agreement-weight-alpha).
 
     The KL runs from the CLIP head to the task head, as the reference code computes it (the paper
     prints the other direction). log_softmax keeps it finite when p_h underflows.
@@ -74,7 +75,9 @@ def cmkd_terms(
     weights: LossWeights,
     columns: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Every CMKD term of one iteration (method.md 3.1-3.7); their sum is the loss.
+    """Every CMKD term of one iteration; their sum is the loss.
+
+    Terms and weights: docs/method.md#cmkd-terms-and-lambda-weights.
 
     - cls: smoothed CE of the task head on the source.
     - task: lambda1 * r * BGI(p_h; alpha), self-training of the task head on the target.
@@ -105,7 +108,8 @@ def fixmatch_term(
 ) -> torch.Tensor:
     """mean_i 1[max q_i >= threshold] * CE(strong_i, argmax q_i), q = softmax(weak), detached.
 
-    The mean runs over the whole batch: masked samples count in the denominator (method.md 5).
+    The mean runs over the whole batch: masked samples count in the denominator
+    (docs/method.md#fixmatch-terms).
     `columns` (partial-set adaptation): q is zeroed outside these classes, not renormalised.
     """
     with torch.no_grad():

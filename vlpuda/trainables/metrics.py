@@ -1,7 +1,8 @@
 """Per-class accuracy: the counts an evaluation pass sums, and the mean of per-class accuracies.
 
 VisDA-2017 is scored by the mean of per-class accuracies (the reference uses sklearn's
-balanced accuracy, method.md section 6), which weighs a rare class as much as a frequent one.
+balanced accuracy, docs/method.md#d8-visda-metric), which weighs a rare class as much as a
+frequent one.
 The mean runs over the classes the target actually holds: in partial-set adaptation the heads
 score every source class, but only the target's classes have images to be right about.
 """

@@ -1,4 +1,4 @@
-"""Loading CLIP: open_clip weights by tag, file, folder or hub repo (method.md section 2).
+"""Loading CLIP: open_clip weights by tag, file, folder or hub repo (docs/method.md#model).
 
 One loading path, `open_clip.create_model`, serves every way of naming weights: a tag resolved
 through the Hugging Face cache, a weights file, a `local-dir:` folder or an `hf-hub:` repo. Offline
@@ -78,7 +78,7 @@ def load_clip(model_name: str, pretrained: str | None, cache_dir: str | None = N
             model_name,
             pretrained=pretrained,
             # Never half precision: RST thresholds of 1e-6..1e-8 and learning rates near 3e-7
-            # are below fp16/bf16 resolution (method.md 2.1).
+            # are below fp16/bf16 resolution (docs/method.md#precision).
             precision="fp32",
             device="cpu",
             force_quick_gelu=_needs_quick_gelu(model_name, pretrained),

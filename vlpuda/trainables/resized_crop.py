@@ -1,4 +1,6 @@
-"""A random-resized-crop training view (the reference's digits transform, method.md section 6).
+"""A random-resized-crop training view: the reference's digits transform.
+
+See docs/method.md#digits-view.
 
 `train_crop_scale: [0.75, 1.2]` replaces the weak view's plain random crop by torchvision's
 RandomResizedCrop(image_size, scale, ratio 3/4..4/3): a window of a random area fraction and

@@ -1,4 +1,6 @@
-"""Residual sparse training (method.md section 4) and the sparse delta artifact.
+"""Residual sparse training and the sparse delta artifact.
+
+See docs/method.md#residual-sparse-training-rst.
 
 After every optimizer step the visual weights are pulled back to their pre-trained values w0
 wherever they have not moved far enough, so a task is stored as one shared CLIP plus a small
@@ -136,7 +138,8 @@ class ResidualSparsity:
 
     The SGD momentum buffers are left alone, as in the reference code: an entry sitting at w0 only
     escapes when a single step moves it past the threshold, so tau acts on the per-step update size
-    and its best value tracks the learning rate (method.md 4, step 4).
+    and its best value tracks the learning rate
+    (docs/method.md#reset-after-every-step).
     """
 
     def __init__(

@@ -98,7 +98,8 @@ def domain_logits(student, domain: DecodedDomain, fwd: Forward,
 @torch.no_grad()
 def mixval_scores(student, domain: DecodedDomain, pseudo: np.ndarray, fwd: Forward
                   ) -> dict[str, float]:
-    """ICE on intra- and inter-cluster mixes of a fixed target subset (docs/validators.md 5)."""
+    """ICE on intra- and inter-cluster mixes of a fixed target subset
+    (docs/validators.md#5-mixval)."""
     rank, world = _world(fwd.sharded)
     subset_size = max(2, int(len(domain) * MIXVAL_SHARE / 2))
     subset = v.fixed_subsample(len(domain), subset_size, VALIDATOR_SEED)

@@ -1,4 +1,4 @@
-"""FixMatch's strong view, as the reference draws it (method.md section 5).
+"""FixMatch's strong view, as the reference draws it (docs/method.md#fixmatch-strong-view).
 
 Per target image: center crop of the squashed train-size image, horizontal flip with p = 0.5,
 ColorJitter(0.4, 0.4, 0.4, hue 0), then RandAugment in timm's `rand-m10-n2-mstd0.5` form:

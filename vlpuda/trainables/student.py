@@ -40,12 +40,13 @@ def text_prototypes(
 ) -> torch.Tensor:
     """One L2-normalised text embedding per class, rows in the given (dataset) order.
 
-    One prompt per class, no ensembling (method.md 2.2), from a template such as
-    'an image of a {}'. The row order must be the dataset's
-    label order, or the zero-shot head teaches the wrong classes. `loaded.model` is moved to
-    `device` in place. Returns a float32 (C, d) tensor on the CPU.
+    One prompt per class, no ensembling (docs/method.md#prompts-and-class-order), from a template
+    such as 'an image of a {}'. The row order must be the dataset's label order, or the zero-shot
+    head teaches the wrong classes. `loaded.model` is moved to `device` in place. Returns a float32
+    (C, d) tensor on the CPU.
     """
-    # Templates may say '{}' or '{class}' (method.md writes the latter); both get the name.
+    # Templates may say '{}' or '{class}'; both get the name
+    # (docs/method.md#prompts-and-class-order).
     prompts = [
         template.format(class_prompt_name(name), **{"class": class_prompt_name(name)})
         for name in classes
@@ -103,7 +104,8 @@ def _pooled(out: torch.Tensor | tuple) -> torch.Tensor:
 
 
 class TaskHead(nn.Module):
-    """BatchNorm1d -> LayerNorm -> Linear (no bias) on unnormalised features (method.md 2.5)."""
+    """BatchNorm1d -> LayerNorm -> Linear (no bias) on unnormalised features
+    (docs/method.md#student-and-heads)."""
 
     def __init__(self, dim: int, num_classes: int) -> None:
         super().__init__()
@@ -143,8 +145,9 @@ class Student(nn.Module):
         The image tower encodes all batches in one pass: its BatchNorm statistics are frozen and
         its other layers work per image, so that equals encoding them one by one, and a larger
         batch keeps the GPU busier. The heads then see each batch alone, so the head's
-        BatchNorm1d normalises each domain with its own statistics (method.md 2.8). All batches
-        go through one call so DistributedDataParallel sees exactly one forward per backward.
+        BatchNorm1d normalises each domain with its own statistics (docs/method.md#batchnorm).
+        All batches go through one call so DistributedDataParallel sees exactly one forward per
+        backward.
         """
         feats = _pooled(self.visual(torch.cat(batches) if len(batches) > 1 else batches[0]))
         return [self._logits(f) for f in feats.split([len(b) for b in batches])]
@@ -162,7 +165,8 @@ class Student(nn.Module):
         """Train mode everywhere except the image tower's BatchNorm layers.
 
         Their running statistics stay frozen at the pre-trained values while their affine
-        weight and bias are still trained (method.md 2.6). The head's BatchNorm1d trains normally.
+        weight and bias are still trained (docs/method.md#batchnorm). The head's BatchNorm1d
+        trains normally.
         """
         super().train(mode)
         for module in self.visual.modules():

@@ -1,8 +1,9 @@
 """One search trial: a Tune function trainable that runs the training loop on N Ray Train workers.
 
-Ray 2.60 runs Train V2, where `Tuner(TorchTrainer)` no longer works (research/ray_stack.md
-section 1). So each Tune trial is a small driver: it builds the trial's training configs from its
-hyperparameters and launches a `TorchTrainer` whose workers run `vlpuda.trainables.loop.train`:
+Ray 2.60 runs Train V2, where `Tuner(TorchTrainer)` no longer works
+(docs/search.md#trials-a-tune-function-trainable-that-launches-a-torchtrainer). So each Tune
+trial is a small driver: it builds the trial's training configs from its hyperparameters and
+launches a `TorchTrainer` whose workers run `vlpuda.trainables.loop.train`:
 
 * DDP: the loop wraps the Student in DistributedDataParallel when torch.distributed is up (Ray
   Train brings it up: gloo on CPU, NCCL on GPU) and all-reduces the evaluation.

@@ -1,7 +1,7 @@
 """Label-free validators: scores of a checkpoint on the unlabelled target, higher is better.
 
 Small pure functions on task-head logits (N x C), hard predictions or a model; every definition,
-its source and its known failure modes are in docs/validators.md (section numbers cited below).
+its source and its known failure modes are in docs/validators.md (sections cited below).
 Entropies come from log_softmax, so confident logits never produce log(0).
 """
 
@@ -12,11 +12,12 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-# SND's temperature and the epsilon inside its neighbour entropy (docs/validators.md section 3).
+# SND's temperature and the epsilon inside its neighbour entropy
+# (docs/validators.md#3-snd-soft-neighbourhood-density).
 SND_TEMPERATURE = 0.05
 SND_EPS = 1e-5
 SND_BLOCK = 1024
-# MixVal's mixing weight of the dominant image (docs/validators.md section 5).
+# MixVal's mixing weight of the dominant image (docs/validators.md#5-mixval).
 MIXVAL_LAMBDA = 0.55
 
 
@@ -26,12 +27,14 @@ def _entropy_rows(logits: torch.Tensor) -> torch.Tensor:
 
 
 def neg_entropy(logits: torch.Tensor) -> float:
-    """proxy_entropy = -(1/N) sum_i H(softmax(z_i)) (docs/validators.md section 2)."""
+    """proxy_entropy = -(1/N) sum_i H(softmax(z_i))
+    (docs/validators.md#2-entropy-and-information-maximisation)."""
     return -float(_entropy_rows(logits).mean())
 
 
 def information_maximization(logits: torch.Tensor) -> float:
-    """proxy_im = H(mean_i p_i) - (1/N) sum_i H(p_i) (docs/validators.md section 2)."""
+    """proxy_im = H(mean_i p_i) - (1/N) sum_i H(p_i)
+    (docs/validators.md#2-entropy-and-information-maximisation)."""
     p_mean = torch.softmax(logits.double(), dim=1).mean(dim=0)
     marginal = -(p_mean * p_mean.clamp_min(1e-300).log()).sum()
     return float(marginal - _entropy_rows(logits).mean())
@@ -39,7 +42,8 @@ def information_maximization(logits: torch.Tensor) -> float:
 
 def batch_nuclear_norm(logits: torch.Tensor) -> float:
     """proxy_bnm = ||softmax(Z)||_* / N, the sum of singular values over N
-    (docs/validators.md section 4). Depends on N: compare only on one fixed sample."""
+    (docs/validators.md#4-bnm-batch-nuclear-norm). Depends on N: compare only on one fixed
+    sample."""
     probs = torch.softmax(logits.double(), dim=1)
     if not bool(torch.isfinite(probs).all()):  # a diverged model: NaN, never a kept epoch
         return float("nan")
@@ -49,7 +53,8 @@ def batch_nuclear_norm(logits: torch.Tensor) -> float:
 def soft_neighborhood_density(logits: torch.Tensor, temperature: float = SND_TEMPERATURE,
                               block: int = SND_BLOCK) -> float:
     """proxy_snd: mean entropy of each row's softmax over its cosine similarities (of softmax
-    outputs) to every other row, divided by T, self masked to -1/T (docs/validators.md section 3).
+    outputs) to every other row, divided by T, self masked to -1/T
+    (docs/validators.md#3-snd-soft-neighbourhood-density).
 
     Row i's entropy depends only on row i of the similarity matrix, so rows are processed in
     blocks of `block` against all N columns: memory O(block * N), the result unchanged."""
@@ -67,12 +72,14 @@ def soft_neighborhood_density(logits: torch.Tensor, temperature: float = SND_TEM
 
 def agreement(pred: torch.Tensor, reference: torch.Tensor) -> float:
     """% of images where two hard predictions agree: proxy_zs_agreement compares the task head
-    with the frozen zero-shot predictions (docs/validators.md section 6)."""
+    with the frozen zero-shot predictions
+    (docs/validators.md#6-agreement-with-the-frozen-zero-shot-head)."""
     return 100.0 * float((pred == reference).double().mean())
 
 
 def accuracy(pred: torch.Tensor, labels: torch.Tensor) -> float:
-    """% correct: proxy_source_acc on the held-out source slice (docs/validators.md section 7)."""
+    """% correct: proxy_source_acc on the held-out source slice
+    (docs/validators.md#7-source-accuracy-on-a-held-out-slice)."""
     return 100.0 * float((pred == labels).double().mean())
 
 
@@ -98,7 +105,7 @@ def _reversed_batch_pairs(order: np.ndarray, batch: int) -> tuple[np.ndarray, np
 
 def mixval_pairs(pseudo: np.ndarray, subset: np.ndarray, batch: int, seed: int = 0
                  ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """MixVal's probe pairs (a, b) over `subset` (docs/validators.md section 5): 'inter' pairs
+    """MixVal's probe pairs (a, b) over `subset` (docs/validators.md#5-mixval): 'inter' pairs
     from a seeded shuffle, kept where the pseudo-labels differ; 'intra' pairs from the subset
     sorted by pseudo-label (stable), kept where they agree. Self pairs are dropped."""
     shuffled = np.random.default_rng(seed).permutation(subset)
@@ -115,7 +122,7 @@ def mixval_ice(predict: Callable[[torch.Tensor], torch.Tensor], images_a: torch.
                images_b: torch.Tensor, pseudo_a: torch.Tensor, lam: float = MIXVAL_LAMBDA
                ) -> float:
     """ICE: the fraction of mixes lam * x_a + (1 - lam) * x_b that `predict` (images -> hard
-    labels) gives a's pseudo-label (docs/validators.md section 5). NaN without pairs."""
+    labels) gives a's pseudo-label (docs/validators.md#5-mixval). NaN without pairs."""
     if len(pseudo_a) == 0:
         return float("nan")
     mixed = lam * images_a + (1.0 - lam) * images_b
@@ -124,6 +131,6 @@ def mixval_ice(predict: Callable[[torch.Tensor], torch.Tensor], images_a: torch.
 
 def mean_ice(intra: float, inter: float) -> float:
     """proxy_mixval: the mean of the two ICE values, ignoring a missing one (skada's rule;
-    docs/validators.md section 5 names this choice)."""
+    docs/validators.md#5-mixval names this choice)."""
     values = [v for v in (intra, inter) if not np.isnan(v)]
     return float(np.mean(values)) if values else float("nan")
