@@ -11,34 +11,22 @@ from __future__ import annotations
 import csv
 import json
 
-import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search_helpers import run_study, tiny_preset, write_preset
+from search_helpers import FROZEN, LEARNS, run_study, seeded_search
 from vlpuda.cli import main
 
-COMMON = {"lambda1": 0.25, "lambda2": 0.1, "lambda3": 0.025, "label_smoothing": 0.1}
-LEARNS = {**COMMON, "lr": 1e-3, "lr_multiplier": 10, "rst_threshold_over_lr": 0.1}
-FROZEN = {**COMMON, "lr": 1e-9, "lr_multiplier": 1, "rst_threshold_over_lr": 1.0}
 EPOCHS = 2
 
 
 @pytest.mark.slow
 def test_moasha_prunes_and_the_front_holds_full_trials_and_ladder_points(
         ray_session, tiny_assets, tmp_path, capsys):
-    run_dir = tmp_path / "run"
     search = {"name": "moasha", "num_samples": 3, "max_concurrent_trials": 1,
               "early_stopping": {"method": "moasha", "grace_period": 1, "reduction_factor": 3},
               "sparsity_ladder": 2}
-    preset = tiny_preset(tiny_assets, run_dir, search, epochs=EPOCHS)
-    preset["search"]["space_overrides"]["lr"] = {"low": 1e-9, "high": 1e-2}
-    config = write_preset(tmp_path / "moasha.yaml", preset)
-    run_dir.mkdir()
-    seeded = optuna.create_study(study_name="moasha", storage=f"sqlite:///{run_dir}/optuna.db",
-                                 directions=["maximize", "minimize"])
-    for params in (LEARNS, FROZEN):
-        seeded.enqueue_trial(params)
+    config, run_dir = seeded_search(tiny_assets, tmp_path, search, (LEARNS, FROZEN), EPOCHS)
 
     assert main(["search", "--config", str(config)]) == 0
     out = capsys.readouterr().out

@@ -8,18 +8,20 @@ learn anything (ASHA stops it at the first rung; it stores the fewest parameters
 
 from __future__ import annotations
 
-
-import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search_helpers import printed_front, run_study, tiny_preset, tune_trials, write_preset
+from search_helpers import (
+    DENSE,
+    FROZEN,
+    LEARNS,
+    printed_front,
+    run_study,
+    seeded_search,
+    tune_trials,
+)
 from vlpuda.cli import main
 
-COMMON = {"lambda1": 0.25, "lambda2": 0.1, "lambda3": 0.025, "label_smoothing": 0.1}
-LEARNS = {**COMMON, "lr": 1e-3, "lr_multiplier": 10, "rst_threshold_over_lr": 0.1}
-FROZEN = {**COMMON, "lr": 1e-9, "lr_multiplier": 1, "rst_threshold_over_lr": 1.0}
-DENSE = {**COMMON, "lr": 1e-3, "lr_multiplier": 10, "rst_threshold_over_lr": 0.01}
 BUDGET = 10_000  # the dense trial stores ~27k after one epoch, the others a few hundred
 EPOCHS = 4
 
@@ -27,7 +29,6 @@ EPOCHS = 4
 @pytest.mark.slow
 def test_asha_and_budget_stops_are_pruned_and_off_the_front(ray_session, tiny_assets, tmp_path,
                                                             capsys):
-    run_dir = tmp_path / "run"
     search = {
         "name": "stopping",
         "num_samples": 3,
@@ -35,14 +36,8 @@ def test_asha_and_budget_stops_are_pruned_and_off_the_front(ray_session, tiny_as
         "early_stopping": {"asha": True, "grace_period": 1, "reduction_factor": 2},
         "stored_params_budget": BUDGET,
     }
-    preset = tiny_preset(tiny_assets, run_dir, search, epochs=EPOCHS)
-    preset["search"]["space_overrides"]["lr"] = {"low": 1e-9, "high": 1e-2}
-    config = write_preset(tmp_path / "stopping.yaml", preset)
-    run_dir.mkdir()
-    seeded = optuna.create_study(study_name="stopping", storage=f"sqlite:///{run_dir}/optuna.db",
-                                 directions=["maximize", "minimize"])
-    for params in (LEARNS, FROZEN, DENSE):
-        seeded.enqueue_trial(params)
+    config, run_dir = seeded_search(tiny_assets, tmp_path, search, (LEARNS, FROZEN, DENSE),
+                                    EPOCHS)
 
     assert main(["search", "--config", str(config)]) == 0
     out = capsys.readouterr().out

@@ -152,9 +152,15 @@ def test_mlflow_ui_shows_the_trials_and_the_front(finished_search, browser, shot
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline and not loaded:
                 # The image sits below the chart's legend: scroll it into view (lazy loading).
+                # MLflow 3.17 names the artifact in the image's URL; 3.18 shows a blob: URL in
+                # a card headed by the key.
                 loaded = browser.evaluate(
-                    "(() => { const imgs = [...document.querySelectorAll('img')].filter(i =>"
-                    " decodeURIComponent(i.src).includes('pareto_front'));"
+                    "(() => { const imgs = [...document.querySelectorAll('img')].filter(i => {"
+                    " if (decodeURIComponent(i.src).includes('pareto_front')) return true;"
+                    " for (let e = i.parentElement; e; e = e.parentElement)"
+                    "   if ((e.innerText || '').trimStart().startsWith('pareto_front'))"
+                    "     return true;"
+                    " return false; });"
                     " imgs.forEach(i => i.scrollIntoView());"
                     " return imgs.filter(i => i.complete && i.naturalWidth > 100).length; })()")
                 time.sleep(0.5)
