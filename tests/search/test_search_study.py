@@ -14,10 +14,15 @@ from vlpuda.front.pareto import hypervolume_2d
 from vlpuda.front.table import format_front
 from vlpuda.front.trials import front_of
 from vlpuda.layout import write_manifest
-from vlpuda.objectives import DIRECTIONS, trial_outcome
+from vlpuda.objectives import DIRECTIONS, EXPERIMENT, trial_outcome
 from vlpuda.search.searcher import ParetoOptunaSearch
 from vlpuda.search.stopping import StoredParamsBudget
-from vlpuda.search.study import fail_running_trials, make_sampler, new_experiment_name
+from vlpuda.search.study import (
+    experiment_counts,
+    fail_running_trials,
+    make_sampler,
+    new_experiment_name,
+)
 from vlpuda.spaces import build_space
 from vlpuda.trainables.params import apply_params, trainer_params
 
@@ -78,6 +83,11 @@ def test_restore_fails_orphans_and_skips_trials_the_database_finished(tmp_path):
     assert states == {0: TrialState.COMPLETE, 1: TrialState.RUNNING, 2: TrialState.FAIL,
                       3: TrialState.RUNNING}
     assert restored.orphans_failed == [2]
+    # Marked as no trial Tune ran: the end-of-search summary does not count it as finished.
+    assert restored.study.trials[2].user_attrs["stopped_by"] == "orphaned"
+    counts = experiment_counts(restored.study, restored.study.trials[0].user_attrs[EXPERIMENT])
+    assert (counts["COMPLETE"], counts["RUNNING"], counts["FAIL"], counts["orphaned"]) \
+        == (1, 1, 0, 1)
     restored.on_trial_complete("a", FULL)  # told again by the resumed run: no error, no change
     restored.on_trial_complete("b", {**FULL, "target_acc": 70.0})
     assert [t.state for t in restored.study.trials] == [

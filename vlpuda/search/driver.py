@@ -146,7 +146,7 @@ def finish(plan: SearchPlan, experiment: str, results, log: Log = say,
     # Counted from the study, which records a trial once it has really ended (after Ctrl-C,
     # Tune calls its interrupted trials terminated).
     counts = experiment_counts(study, experiment)
-    finished = counts["COMPLETE"] + counts["PRUNED"] + counts["FAIL"]
+    finished = counts["COMPLETE"] + counts["PRUNED"] + counts["FAIL"]  # orphans are no trials
     unfinished = max(planned - finished, 0)
     log(f"{finished} of {planned} planned trials finished ({counts['COMPLETE']} complete, "
         f"{counts['PRUNED']} pruned, {counts['FAIL']} failed)"

@@ -16,7 +16,7 @@ import optuna
 from optuna.trial import TrialState
 
 from vlpuda.errors import VlpudaError
-from vlpuda.objectives import EXPERIMENT, TUNE_TRIAL_ID
+from vlpuda.objectives import EXPERIMENT, STOP_REASON, TUNE_TRIAL_ID
 
 # Experiment names carry their start time, which tells a crashed driver's unannotated trials.
 EXPERIMENT_FORMAT = "tune-%Y%m%d-%H%M%S"
@@ -60,6 +60,11 @@ def experiment_started(experiment: str) -> datetime | None:
         return None
 
 
+# The STOP_REASON of a FAIL trial that no Tune trial ran: a driver asked Optuna for it and died (or
+# Tune never started it). It is no planned trial, so the end-of-search summary does not count it.
+ORPHANED = "orphaned"
+
+
 def is_orphan_candidate(trial: optuna.trial.FrozenTrial, experiment: str,
                         untagged: bool = False) -> bool:
     """Whether a RUNNING trial belongs to `experiment`: it carries its name, or (with `untagged`)
@@ -86,6 +91,9 @@ def fail_running_trials(study: optuna.Study, experiment: str,
         if not is_orphan_candidate(trial, experiment, untagged) \
                 or (keep and trial.number in keep):
             continue
+        # Tagged while still RUNNING (a finished trial's attributes are frozen); Trial is
+        # Optuna's handle for writing to a trial of a study by its storage id.
+        optuna.trial.Trial(study, trial._trial_id).set_user_attr(STOP_REASON, ORPHANED)
         study.tell(trial.number, state=TrialState.FAIL)
         marked.append(trial.number)
     return marked
@@ -93,11 +101,13 @@ def fail_running_trials(study: optuna.Study, experiment: str,
 
 def experiment_counts(study: optuna.Study, experiment: str) -> dict[str, int]:
     """How many of the trials `experiment` asked for are in each state (COMPLETE, PRUNED, FAIL,
-    RUNNING, ...), by state name."""
-    counts = {state.name: 0 for state in TrialState}
+    RUNNING, ...), by state name; FAIL trials no Tune trial ran count under ORPHANED instead."""
+    counts = {state.name: 0 for state in TrialState} | {ORPHANED: 0}
     for trial in study.get_trials(deepcopy=False):
         if trial.user_attrs.get(EXPERIMENT) == experiment:
-            counts[trial.state.name] += 1
+            orphan = trial.state == TrialState.FAIL \
+                and trial.user_attrs.get(STOP_REASON) == ORPHANED
+            counts[ORPHANED if orphan else trial.state.name] += 1
     return counts
 
 
