@@ -194,9 +194,9 @@ def test_the_tune_callback_survives_tunes_pickling(tmp_path):
 # ---- the tracking: section -------------------------------------------------------------------
 
 
-def test_tracking_section_is_validated_with_its_keys(monkeypatch):
+def test_tracking_section_is_validated_with_its_keys(monkeypatch, tmp_path):
     from vlpuda.errors import ConfigError
-    from vlpuda.tracking.where import tracking_settings, with_cli_choices
+    from vlpuda.tracking.where import plan_tracking, tracking_settings, with_cli_choices
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert tracking_settings({}).effective_uri() is None  # the run dir's own store
@@ -209,4 +209,4 @@ def test_tracking_section_is_validated_with_its_keys(monkeypatch):
         tracking_settings({"tracking": {"uri": "mlruns", "experimnt": "x"}}, "p.yaml")
     assert "tracking.experimnt: unknown key" in str(err.value)
     with pytest.raises(ConfigError, match="tracking.uri: tracking URI 'mlruns'"):
-        tracking_settings({"tracking": {"uri": "mlruns"}})
+        plan_tracking({"tracking": {"uri": "mlruns"}}, tmp_path)  # resolved for the run dir

@@ -218,7 +218,12 @@ class TrackingPlan:
     problem: str | None = None
 
 
-def _parse(raw: dict[str, Any], source: str | None) -> TrackingSettings:
+def tracking_settings(raw: dict[str, Any], source: str | None = None) -> TrackingSettings:
+    """The validated `tracking:` section of a preset (defaults when it has none), as written.
+
+    Raises:
+        ConfigError: naming each bad key (`tracking.experimnt: unknown key ...`).
+    """
     section = raw.get(TRACKING_KEY) or {}
     if not isinstance(section, dict):
         raise ConfigError([f"{TRACKING_KEY}: expected a mapping (uri, experiment, enabled), "
@@ -251,18 +256,7 @@ def plan_tracking(raw: dict[str, Any], run_dir: Path, source: str | None = None
         ConfigError: naming each bad key (`tracking.uri: ...`); a URI that can never work is
             one only while tracking is on.
     """
-    return _resolve(_parse(raw, source), run_dir, source)
-
-
-def tracking_settings(raw: dict[str, Any], source: str | None = None) -> TrackingSettings:
-    """The validated `tracking:` section of a preset (defaults when it has none), as written.
-
-    Raises:
-        ConfigError: naming each bad key (`tracking.uri: ...`).
-    """
-    settings = _parse(raw, source)
-    _resolve(settings, Path.cwd(), source)
-    return settings
+    return _resolve(tracking_settings(raw, source), run_dir, source)
 
 
 def with_cli_choices(raw: dict[str, Any], uri: str | None, enabled: bool | None
