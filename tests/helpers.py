@@ -84,3 +84,22 @@ def write_tiny_task(root: Path, per_class: int) -> tuple[Path, str]:
     is a folder (config + weights) that every process loads by path."""
     return (write_tiny_domains(root / "data", per_class=per_class),
             write_local_dir_model(root / "model", "tiny-vit-test"))
+
+
+# ---- searches whose first trials are known -------------------------------------------------
+# Trials with known parameters, so what a scheduler or budget stops does not depend on the sampler.
+COMMON = {"lambda1": 0.25, "lambda2": 0.1, "lambda3": 0.025, "label_smoothing": 0.1}
+LEARNS = {**COMMON, "lr": 1e-3, "lr_multiplier": 10, "rst_threshold_over_lr": 0.1}
+FROZEN = {**COMMON, "lr": 1e-9, "lr_multiplier": 1, "rst_threshold_over_lr": 1.0}
+DENSE = {**COMMON, "lr": 1e-3, "lr_multiplier": 10, "rst_threshold_over_lr": 0.01}
+
+
+def seed_study(run_dir: Path, name: str, *points: dict) -> None:
+    """A new run dir whose study `name` runs `points` first, in order."""
+    import optuna
+
+    run_dir.mkdir(parents=True)
+    study = optuna.create_study(study_name=name, storage=f"sqlite:///{run_dir}/optuna.db",
+                                directions=["maximize", "minimize"])
+    for params in points:
+        study.enqueue_trial(params)

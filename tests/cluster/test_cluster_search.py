@@ -19,12 +19,11 @@ import time
 from itertools import groupby
 from pathlib import Path
 
-import optuna
 import pytest
 import yaml
 from optuna.trial import TrialState
 
-from helpers import tiny_train_overrides, write_tiny_domains
+from helpers import DENSE, LEARNS, seed_study, tiny_train_overrides, write_tiny_domains
 from search_on_cluster import REPORT
 from vlpuda.errors import ConfigError, VlpudaError
 from vlpuda.search.cluster import TRAIN_DRIVER, derive_concurrency, driver_resources
@@ -35,9 +34,6 @@ SEARCH_ON_CLUSTER = Path(__file__).with_name("search_on_cluster.py")
 ACCELERATOR = "fake_gpu"  # one per GPU node, one per trial: at most one trial per node
 # A dead node is noticed in ~1.5 s instead of Ray's ~15 s default (checks every 3 s, 5 misses).
 FAST_HEALTH_CHECKS = {"health_check_period_ms": 500, "health_check_failure_threshold": 3}
-COMMON = {"lambda1": 0.25, "lambda2": 0.1, "lambda3": 0.025, "label_smoothing": 0.1}
-LEARNS = {**COMMON, "lr": 1e-3, "lr_multiplier": 10, "rst_threshold_over_lr": 0.1}
-DENSE = {**COMMON, "lr": 1e-3, "lr_multiplier": 10, "rst_threshold_over_lr": 0.01}
 BUDGET = 10_000  # the dense trial stores ~27k parameters after one epoch, the others a few hundred
 
 
@@ -191,15 +187,6 @@ def finish_search(process: subprocess.Popen, timeout_s: float = 480) -> tuple[di
     assert process.returncode == 0, out[-5000:]
     report = next(line for line in out.splitlines() if line.startswith(REPORT))
     return json.loads(report.removeprefix(REPORT)), out
-
-
-def seed_study(run_dir: Path, name: str, *points: dict) -> None:
-    """Trials with known parameters, so which trial the budget stops does not depend on luck."""
-    run_dir.mkdir(parents=True)
-    study = optuna.create_study(study_name=name, storage=f"sqlite:///{run_dir}/optuna.db",
-                                directions=["maximize", "minimize"])
-    for params in points:
-        study.enqueue_trial(params)
 
 
 def run_study(run_dir: Path):

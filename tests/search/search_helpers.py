@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from helpers import tiny_train_overrides
+from helpers import seed_study, tiny_train_overrides
 
 
 def tiny_preset(tiny_assets: tuple[Path, str], run_dir: Path, search: dict[str, Any],
@@ -34,29 +34,15 @@ def write_preset(path: Path, preset: dict[str, Any]) -> Path:
     return path
 
 
-# Trials with known parameters, so what a scheduler or budget stops does not depend on the sampler.
-COMMON = {"lambda1": 0.25, "lambda2": 0.1, "lambda3": 0.025, "label_smoothing": 0.1}
-LEARNS = {**COMMON, "lr": 1e-3, "lr_multiplier": 10, "rst_threshold_over_lr": 0.1}
-FROZEN = {**COMMON, "lr": 1e-9, "lr_multiplier": 1, "rst_threshold_over_lr": 1.0}
-DENSE = {**COMMON, "lr": 1e-3, "lr_multiplier": 10, "rst_threshold_over_lr": 0.01}
-
-
 def seeded_search(tiny_assets: tuple[Path, str], tmp_path: Path, search: dict[str, Any],
                   points: tuple[dict[str, Any], ...], epochs: int) -> tuple[Path, Path]:
     """A preset whose study is seeded with `points` (tried first, in order), lr widened down to
     1e-9 so FROZEN is legal: (preset path, run dir)."""
-    import optuna
-
     run_dir = tmp_path / "run"
     preset = tiny_preset(tiny_assets, run_dir, search, epochs=epochs)
     preset["search"]["space_overrides"]["lr"] = {"low": 1e-9, "high": 1e-2}
     config = write_preset(tmp_path / f"{search['name']}.yaml", preset)
-    run_dir.mkdir()
-    seeded = optuna.create_study(study_name=search["name"],
-                                 storage=f"sqlite:///{run_dir}/optuna.db",
-                                 directions=["maximize", "minimize"])
-    for params in points:
-        seeded.enqueue_trial(params)
+    seed_study(run_dir, search["name"], *points)
     return config, run_dir
 
 

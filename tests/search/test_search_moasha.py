@@ -14,7 +14,8 @@ import json
 import pytest
 from optuna.trial import TrialState
 
-from search_helpers import FROZEN, LEARNS, run_study, seeded_search
+from helpers import FROZEN, LEARNS
+from search_helpers import run_study, seeded_search
 from vlpuda.cli import main
 
 EPOCHS = 2

@@ -11,10 +11,8 @@ from __future__ import annotations
 import pytest
 from optuna.trial import TrialState
 
+from helpers import DENSE, FROZEN, LEARNS
 from search_helpers import (
-    DENSE,
-    FROZEN,
-    LEARNS,
     printed_front,
     run_study,
     seeded_search,
